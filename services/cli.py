@@ -1,0 +1,203 @@
+"""`remind`: the command line for the local stack and the public API."""
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from remind.v1 import job_service_pb2 as jobs_pb2
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.client import RemindClient
+from services.stack import DEFAULT_BASE_PORT, ORCHESTRATOR, LocalStack
+
+app = typer.Typer(
+    help="Re:Mind: put a face into GIF templates, served over gRPC.", no_args_is_help=True
+)
+console = Console(stderr=True)
+
+STAGE_LABELS = {
+    jobs_pb2.JOB_STAGE_QUEUED: "queued",
+    jobs_pb2.JOB_STAGE_PREPARING: "preparing",
+    jobs_pb2.JOB_STAGE_EXTRACTING_VOICE: "extracting voice",
+    jobs_pb2.JOB_STAGE_SWAPPING_FACES: "swapping faces",
+    jobs_pb2.JOB_STAGE_SYNCING_LIPS: "syncing lips",
+    jobs_pb2.JOB_STAGE_ENCODING: "encoding",
+    jobs_pb2.JOB_STAGE_STORING: "storing",
+    jobs_pb2.JOB_STAGE_DONE: "done",
+}
+
+
+def _stack() -> LocalStack:
+    return LocalStack(
+        Path(os.environ.get("REMIND_STACK_DIR", ".stack")),
+        int(os.environ.get("REMIND_STACK_BASE_PORT", DEFAULT_BASE_PORT)),
+    )
+
+
+def _address() -> str:
+    if "REMIND_ADDRESS" in os.environ:
+        return os.environ["REMIND_ADDRESS"]
+    info = _stack().info()
+    base = info.base_port if info else DEFAULT_BASE_PORT
+    return f"127.0.0.1:{base + ORCHESTRATOR}"
+
+
+def _fail(error: grpc.RpcError) -> None:
+    console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+    raise typer.Exit(1)
+
+
+def run_gif(client: RemindClient, face: Path, template: str, output: Path, engine: str) -> Path:
+    """Uploads the photo, runs a GIF job with a progress bar and downloads the result."""
+    face_media = client.upload_file(face)
+    created = client.create_gif_job(face_media.name, template, engine)
+    job = created
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[frames]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("queued", total=1.0, frames="")
+        for job in client.watch(created.name):
+            frames = (
+                f"{job.progress.frames_done}/{job.progress.frames_total} frames"
+                if job.progress.frames_total
+                else ""
+            )
+            progress.update(
+                task,
+                completed=job.progress.fraction,
+                frames=frames,
+                description=STAGE_LABELS.get(job.progress.stage, "working"),
+            )
+    if job.state != jobs_pb2.JOB_STATE_SUCCEEDED:
+        console.print(f"[red]{jobs_pb2.JobState.Name(job.state)}[/red]: {job.error.message}")
+        raise typer.Exit(1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(client.download(job.result.media))
+    console.print(
+        f"{job.name}: {job.result.frames_with_face}/{job.result.frames_total} frames "
+        f"had a face; engine {job.result.engines.get('faceswap', '?')}"
+    )
+    return output
+
+
+@app.command()
+def gif(
+    face: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Face photo")],
+    template: Annotated[str, typer.Option(help="GIF template name")] = "astronaut-sway",
+    output: Annotated[Path, typer.Option("-o", "--output")] = Path("out/result.gif"),
+    engine: Annotated[str, typer.Option(help="Faceswap engine")] = "auto",
+) -> None:
+    """Swap the face in FACE into a GIF template."""
+    with RemindClient(_address()) as client:
+        try:
+            path = run_gif(
+                client,
+                face,
+                template if "/" in template else f"templates/{template}",
+                output,
+                engine,
+            )
+        except grpc.RpcError as error:
+            _fail(error)
+    print(path.resolve())
+
+
+@app.command()
+def templates() -> None:
+    """List the templates."""
+    with RemindClient(_address()) as client:
+        try:
+            items = client.list_templates()
+        except grpc.RpcError as error:
+            _fail(error)
+    table = Table("name", "display name", "size", "seconds", "frames", "built in")
+    for item in items:
+        table.add_row(
+            item.name,
+            item.display_name,
+            f"{item.width}x{item.height}",
+            f"{item.duration_seconds:.1f}",
+            str(item.frame_count),
+            "yes" if item.builtin else "",
+        )
+    Console().print(table)
+
+
+@app.command()
+def jobs(limit: int = 20) -> None:
+    """List recent jobs, newest first."""
+    with RemindClient(_address()) as client:
+        try:
+            items = client.list_jobs(limit)
+        except grpc.RpcError as error:
+            _fail(error)
+    table = Table("job", "state", "stage", "template", "result / error")
+    for job in items:
+        table.add_row(
+            job.name,
+            jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_"),
+            STAGE_LABELS.get(job.progress.stage, ""),
+            job.template,
+            job.result.media or job.error.message,
+        )
+    Console().print(table)
+
+
+@app.command()
+def up() -> None:
+    """Start the local stack (S3, faceswap, orchestrator) in the background."""
+    info = _stack().start()
+    console.print(
+        f"stack up: orchestrator {info.orchestrator_address}, "
+        f"faceswap {info.faceswap_address}, S3 {info.s3_endpoint}"
+    )
+
+
+@app.command()
+def down() -> None:
+    """Stop the local stack."""
+    _stack().stop()
+    console.print("stack down")
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[Path, typer.Option(help="Where the photo and GIF go")] = Path("out"),
+) -> None:
+    """Run the GIF track on the bundled photo and template, starting the stack if needed."""
+    from services.samples import sample_face_photo
+    from services.shared import media
+
+    stack = _stack()
+    started_here = not stack.running()
+    stack.start()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        face = output_dir / "face.png"
+        face.write_bytes(media.encode_image(sample_face_photo(), "png"))
+        with RemindClient(_address()) as client:
+            template = client.list_templates(1)[0].name
+            console.print(f"GIF track: {face} into {template}")
+            path = run_gif(client, face, template, output_dir / "result.gif", "auto")
+    except grpc.RpcError as error:
+        _fail(error)
+    finally:
+        if started_here:
+            stack.stop()
+    print(path.resolve())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""A Python client for the public API, used by the CLI and the tests."""
+
+import mimetypes
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from remind.v1 import job_service_pb2 as jobs_pb2
+from remind.v1 import job_service_pb2_grpc as jobs_grpc
+from remind.v1 import media_service_pb2 as media_pb2
+from remind.v1 import media_service_pb2_grpc as media_grpc
+from remind.v1 import template_service_pb2 as templates_pb2
+from remind.v1 import template_service_pb2_grpc as templates_grpc
+
+UPLOAD_CHUNK_BYTES = 256 * 1024
+
+
+class RemindClient:
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.jobs = jobs_grpc.JobServiceStub(self.channel)
+        self.templates = templates_grpc.TemplateServiceStub(self.channel)
+        self.media = media_grpc.MediaServiceStub(self.channel)
+
+    def __enter__(self) -> "RemindClient":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.channel.close()
+
+    def upload(self, data: bytes, filename: str, content_type: str = "") -> media_pb2.Media:
+        """Uploads through the client stream."""
+        content_type = content_type or mimetypes.guess_type(filename)[0] or ""
+
+        def requests() -> Iterator[media_pb2.UploadMediaRequest]:
+            yield media_pb2.UploadMediaRequest(
+                metadata=media_pb2.UploadMediaMetadata(content_type=content_type, filename=filename)
+            )
+            for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
+                yield media_pb2.UploadMediaRequest(chunk=data[start : start + UPLOAD_CHUNK_BYTES])
+
+        return self.media.UploadMedia(requests(), timeout=120).media
+
+    def upload_file(self, path: Path) -> media_pb2.Media:
+        return self.upload(path.read_bytes(), path.name)
+
+    def create_gif_job(self, face_media: str, template: str, engine: str = "") -> jobs_pb2.Job:
+        return self.jobs.CreateGifJob(
+            jobs_pb2.CreateGifJobRequest(
+                face_media=face_media, template=template, faceswap_engine=engine
+            ),
+            timeout=120,
+        ).job
+
+    def watch(self, job_name: str, timeout: float = 1800) -> Iterator[jobs_pb2.Job]:
+        for response in self.jobs.WatchJob(
+            jobs_pb2.WatchJobRequest(name=job_name), timeout=timeout
+        ):
+            yield response.job
+
+    def get_job(self, job_name: str) -> jobs_pb2.Job:
+        return self.jobs.GetJob(jobs_pb2.GetJobRequest(name=job_name), timeout=30).job
+
+    def download(self, media_name: str) -> bytes:
+        responses = self.media.DownloadMedia(
+            media_pb2.DownloadMediaRequest(name=media_name), timeout=300
+        )
+        return b"".join(response.chunk for response in responses)
+
+    def list_templates(self, kind: int = 0) -> list[templates_pb2.Template]:
+        return list(
+            self.templates.ListTemplates(
+                templates_pb2.ListTemplatesRequest(kind=kind), timeout=30
+            ).templates
+        )
+
+    def list_jobs(self, page_size: int = 20) -> list[jobs_pb2.Job]:
+        return list(
+            self.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=page_size), timeout=30).jobs
+        )

@@ -1,0 +1,22 @@
+"""The one place that maps engine names to engines: adding an engine adds one line here."""
+
+from __future__ import annotations
+
+from services.faceswap.engines.base import FaceSwapEngine
+from services.faceswap.engines.landmark_warp import LandmarkWarpEngine
+from services.shared.errors import InvalidInput
+
+ENGINES: dict[str, type[FaceSwapEngine]] = {
+    LandmarkWarpEngine.name: LandmarkWarpEngine,
+}
+# What `auto` picks: the first engine in this list that loaded.
+PREFERENCE: list[str] = [LandmarkWarpEngine.name]
+
+
+def create_engine(name: str) -> FaceSwapEngine:
+    """A new, not yet loaded engine of this name."""
+    engine_class = ENGINES.get(name)
+    if engine_class is None:
+        known = ", ".join(sorted(ENGINES))
+        raise InvalidInput(f"Unknown face swap engine '{name}': choose one of {known}.")
+    return engine_class()

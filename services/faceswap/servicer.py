@@ -1,0 +1,89 @@
+"""FaceSwapService: protobuf in, engine calls, protobuf out. No model code here."""
+
+from collections.abc import Iterator
+
+import grpc
+from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
+
+from services.faceswap.config import FaceSwapSettings
+from services.faceswap.engines.base import FaceIdentity, FaceSwapEngine
+from services.shared import media, wire
+from services.shared.engine_catalog import EngineCatalog
+from services.shared.observability import FRAMES
+
+
+def identity_to_proto(identity: FaceIdentity) -> faceswap_pb2.FaceIdentity:
+    return faceswap_pb2.FaceIdentity(
+        engine=identity.engine,
+        state=identity.state,
+        face_box=wire.box_to_proto(identity.face_box),
+        detection_score=identity.detection_score,
+    )
+
+
+def identity_from_proto(message: faceswap_pb2.FaceIdentity) -> FaceIdentity:
+    wire.require(
+        bool(message.engine and message.state),
+        "The config needs the identity returned by PrepareIdentity.",
+    )
+    return FaceIdentity(
+        engine=message.engine,
+        state=message.state,
+        face_box=wire.box_from_proto(message.face_box),
+        detection_score=message.detection_score,
+    )
+
+
+class FaceSwapServicer(faceswap_pb2_grpc.FaceSwapServiceServicer):
+    def __init__(self, engines: EngineCatalog[FaceSwapEngine], settings: FaceSwapSettings):
+        self.engines = engines
+        self.settings = settings
+
+    def PrepareIdentity(
+        self, request: faceswap_pb2.PrepareIdentityRequest, context: grpc.ServicerContext
+    ) -> faceswap_pb2.PrepareIdentityResponse:
+        engine = self.engines.resolve(request.engine)
+        photo = media.decode_image(request.photo.data, self.settings.max_photo_pixels)
+        identity = engine.prepare_identity(photo)
+        return faceswap_pb2.PrepareIdentityResponse(identity=identity_to_proto(identity))
+
+    def SwapFaces(
+        self,
+        request_iterator: Iterator[faceswap_pb2.SwapFacesRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[faceswap_pb2.SwapFacesResponse]:
+        first = next(request_iterator, None)
+        wire.require(
+            first is not None and first.HasField("config"),
+            "The first SwapFaces message must be the config.",
+        )
+        config = first.config
+        identity = identity_from_proto(config.identity)
+        engine = self.engines.resolve(identity.engine)
+        swapper = engine.start_stream(identity)
+        frames_done = FRAMES.labels("faceswap", engine.name)
+        for request in request_iterator:
+            wire.require(
+                request.HasField("frame"), "Only frames may follow the config in SwapFaces."
+            )
+            frame = media.decode_image(request.frame.image.data, self.settings.max_frame_pixels)
+            swapped = swapper.swap(frame)
+            frames_done.inc()
+            yield faceswap_pb2.SwapFacesResponse(
+                index=request.frame.index,
+                image=wire.encode(swapped.image, config.output_format),
+                face_found=swapped.face_found,
+                face_box=wire.box_to_proto(swapped.face_box),
+                engine=engine.name,
+            )
+
+    def ListFaceSwapEngines(
+        self, request: faceswap_pb2.ListFaceSwapEnginesRequest, context: grpc.ServicerContext
+    ) -> faceswap_pb2.ListFaceSwapEnginesResponse:
+        return faceswap_pb2.ListFaceSwapEnginesResponse(
+            engines=[
+                media_pb2.EngineInfo(name=s.name, ready=s.ready, detail=s.detail, device=s.device)
+                for s in self.engines.statuses()
+            ],
+            default_engine=self.engines.default_name(),
+        )

@@ -1,0 +1,36 @@
+"""Orchestrator settings, from REMIND_ORCHESTRATOR_* environment variables."""
+
+from dataclasses import dataclass
+
+from services.shared.settings import ServerSettings, from_env
+
+
+@dataclass(frozen=True)
+class OrchestratorSettings(ServerSettings):
+    port: int = 50051
+    faceswap_address: str = "127.0.0.1:50061"
+    uploads_bucket: str = "remind-uploads"
+    templates_bucket: str = "remind-templates"
+    results_bucket: str = "remind-results"
+    records_bucket: str = "remind-records"
+    # Every caller is this tenant until per-tenant API keys are configured.
+    tenant: str = "local"
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_chunk_bytes: int = 1024 * 1024
+    max_photo_pixels: int = 40_000_000
+    gif_template_min_seconds: float = 1.0
+    gif_template_max_seconds: float = 6.0
+    # 1080p in either orientation.
+    max_template_long_side: int = 1920
+    max_template_short_side: int = 1080
+    presigned_url_seconds: int = 900
+    job_workers: int = 2
+    max_pending_jobs: int = 32
+    # Deadline for one model-service call (a whole frame stream included).
+    stage_timeout_seconds: float = 600.0
+    # How often progress is written to the job record while a job runs.
+    progress_persist_seconds: float = 1.0
+
+    @classmethod
+    def load(cls) -> "OrchestratorSettings":
+        return from_env(cls, "REMIND_ORCHESTRATOR")

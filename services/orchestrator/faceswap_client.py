@@ -1,0 +1,60 @@
+"""The orchestrator's side of the faceswap service: domain calls over gRPC."""
+
+from collections.abc import Iterator
+
+import grpc
+from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
+
+from services.shared.grpc_status import error_from_rpc
+from services.shared.server import message_options
+
+FRAME_FORMAT = media_pb2.IMAGE_FORMAT_PNG  # lossless: the GIF encoder quantises once, at the end
+
+
+class FaceSwapClient:
+    def __init__(self, address: str, max_message_bytes: int, timeout_seconds: float) -> None:
+        self.channel = grpc.insecure_channel(address, options=message_options(max_message_bytes))
+        self.stub = faceswap_pb2_grpc.FaceSwapServiceStub(self.channel)
+        self.timeout = timeout_seconds
+
+    def prepare_identity(self, photo: bytes, engine: str) -> faceswap_pb2.FaceIdentity:
+        request = faceswap_pb2.PrepareIdentityRequest(
+            photo=media_pb2.EncodedImage(data=photo), engine=engine
+        )
+        try:
+            return self.stub.PrepareIdentity(request, timeout=60).identity
+        except grpc.RpcError as error:
+            raise error_from_rpc(error, "The faceswap service") from None
+
+    def swap_faces(
+        self, identity: faceswap_pb2.FaceIdentity, frames: Iterator[bytes]
+    ) -> Iterator[faceswap_pb2.SwapFacesResponse]:
+        """Streams PNG frames through the service; responses arrive in order, one per frame.
+
+        Frames are sent while earlier ones are still being swapped: the request iterator is
+        drained by gRPC's own thread, with HTTP/2 flow control as the back-pressure. Closing
+        the returned generator (e.g. on cancel) cancels the call.
+        """
+
+        def requests() -> Iterator[faceswap_pb2.SwapFacesRequest]:
+            yield faceswap_pb2.SwapFacesRequest(
+                config=faceswap_pb2.SwapConfig(identity=identity, output_format=FRAME_FORMAT)
+            )
+            for index, frame in enumerate(frames):
+                yield faceswap_pb2.SwapFacesRequest(
+                    frame=media_pb2.Frame(
+                        index=index, image=media_pb2.EncodedImage(data=frame, format=FRAME_FORMAT)
+                    )
+                )
+
+        call = self.stub.SwapFaces(requests(), timeout=self.timeout)
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise error_from_rpc(error, "The faceswap service") from None
+        finally:
+            if call.is_active():
+                call.cancel()
+
+    def close(self) -> None:
+        self.channel.close()

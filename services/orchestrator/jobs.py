@@ -1,0 +1,298 @@
+"""Media jobs as long-running operations: run in a bounded pool, watched live, persisted.
+
+The job record in the store is the truth that survives restarts; the in-memory board adds
+what only a running process has (the cancel switch, watchers waiting for the next change).
+"""
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+from remind.v1 import job_service_pb2 as jobs_pb2
+
+from services.orchestrator.config import OrchestratorSettings
+from services.shared import errors
+from services.shared.grpc_status import status_for
+from services.shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+JOB_PREFIX = "jobs/"
+TERMINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
+# How long a watcher sleeps between checks that its caller is still there.
+WATCH_POLL_SECONDS = 1.0
+MAX_ENDED_IN_MEMORY = 500
+
+
+class JobCancelled(Exception):
+    """Raised inside a job's work when its cancel switch is on."""
+
+
+def new_job_id() -> str:
+    """32 hex digits that sort by creation time, so listings come newest first cheaply."""
+    return f"{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:20]}"
+
+
+def job_id_of(name: str) -> str:
+    job_id = name[len(JOB_PREFIX) :] if name.startswith(JOB_PREFIX) else ""
+    if len(job_id) != 32 or any(c not in "0123456789abcdef" for c in job_id):
+        raise errors.InvalidInput(f"Job {name!r} is not a valid name; expected jobs/<id>.")
+    return job_id
+
+
+@dataclass
+class _LiveJob:
+    tenant: str
+    job: jobs_pb2.Job
+    cancel: threading.Event = field(default_factory=threading.Event)
+    version: int = 0
+    persisted_at: float = 0.0
+
+
+class JobContext:
+    """What a job's work sees: its ids, progress reporting and the cancel switch."""
+
+    def __init__(self, board: "JobBoard", live: _LiveJob) -> None:
+        self._board = board
+        self._live = live
+        self.tenant = live.tenant
+        self.job_id = live.job.name[len(JOB_PREFIX) :]
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        return self._live.cancel
+
+    def check_cancelled(self) -> None:
+        if self._live.cancel.is_set():
+            raise JobCancelled()
+
+    def report(
+        self, stage: int, fraction: float, frames_done: int = 0, frames_total: int = 0
+    ) -> None:
+        self.check_cancelled()
+        self._board._update(
+            self._live,
+            lambda job: job.progress.CopyFrom(
+                jobs_pb2.JobProgress(
+                    stage=stage,
+                    fraction=min(max(fraction, 0.0), 1.0),
+                    frames_done=frames_done,
+                    frames_total=frames_total,
+                )
+            ),
+            persist=False,
+        )
+
+
+JobWork = Callable[[JobContext], jobs_pb2.JobResult]
+
+
+class JobBoard:
+    def __init__(self, store: ObjectStore, settings: OrchestratorSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self._live: dict[str, _LiveJob] = {}
+        self._changed = threading.Condition()
+        self._pool = ThreadPoolExecutor(settings.job_workers, thread_name_prefix="job")
+        self._pending = 0
+        self._stopping = threading.Event()
+
+    def _record_key(self, tenant: str, job_id: str) -> str:
+        return f"{tenant}/jobs/{job_id}.json"
+
+    def _persist(self, live: _LiveJob) -> None:
+        job = jobs_pb2.Job()
+        job.CopyFrom(live.job)
+        job.result.download_url = ""  # presigned URLs expire; they are made fresh on each read
+        self.store.put_record(
+            self.settings.records_bucket,
+            self._record_key(live.tenant, live.job.name[len(JOB_PREFIX) :]),
+            {"tenant": live.tenant, "job": json_format.MessageToDict(job)},
+        )
+        live.persisted_at = time.monotonic()
+
+    def _update(
+        self, live: _LiveJob, change: Callable[[jobs_pb2.Job], None], persist: bool = True
+    ) -> None:
+        with self._changed:
+            change(live.job)
+            live.job.update_time.GetCurrentTime()
+            live.version += 1
+            self._changed.notify_all()
+        due = time.monotonic() - live.persisted_at >= self.settings.progress_persist_seconds
+        if persist or due:
+            try:
+                self._persist(live)
+            except errors.RemindError as error:
+                log.warning("job %s record not saved: %s", live.job.name, error)
+
+    def submit(self, tenant: str, job: jobs_pb2.Job, work: JobWork) -> jobs_pb2.Job:
+        """Queues a job; refuses with RESOURCE_EXHAUSTED when too much work is pending."""
+        with self._changed:
+            if self._pending >= self.settings.max_pending_jobs:
+                raise errors.TooLarge(
+                    f"The server already has {self._pending} jobs pending; retry in a minute."
+                )
+            self._pending += 1
+        job.name = JOB_PREFIX + new_job_id()
+        job.state = jobs_pb2.JOB_STATE_QUEUED
+        job.progress.stage = jobs_pb2.JOB_STAGE_QUEUED
+        job.create_time.GetCurrentTime()
+        job.update_time.CopyFrom(job.create_time)
+        live = _LiveJob(tenant, job)
+        try:
+            self._persist(live)
+        except errors.RemindError:
+            with self._changed:
+                self._pending -= 1
+            raise
+        with self._changed:
+            self._live[self._key(tenant, job.name)] = live
+        self._pool.submit(self._run, live, work)
+        return self.snapshot(live)
+
+    def _run(self, live: _LiveJob, work: JobWork) -> None:
+        try:
+            if live.cancel.is_set():
+                raise JobCancelled()
+            self._update(live, lambda job: setattr(job, "state", jobs_pb2.JOB_STATE_RUNNING))
+            result = work(JobContext(self, live))
+
+            def succeed(job: jobs_pb2.Job) -> None:
+                job.state = jobs_pb2.JOB_STATE_SUCCEEDED
+                job.result.CopyFrom(result)
+                job.progress.stage = jobs_pb2.JOB_STAGE_DONE
+                job.progress.fraction = 1.0
+
+            self._update(live, succeed)
+        except JobCancelled:
+            if self._stopping.is_set():
+                self._fail(
+                    live, 14, "The job was interrupted by a server shutdown; submit it again."
+                )
+            else:
+                self._update(live, lambda job: setattr(job, "state", jobs_pb2.JOB_STATE_CANCELLED))
+        except errors.RemindError as error:
+            log.info("job %s failed: %s", live.job.name, error)
+            self._fail(live, status_for(error).value[0], str(error))
+        except Exception:  # noqa: BLE001 - a job must always end
+            reference = uuid.uuid4().hex[:12]
+            log.exception("job %s crashed, reference %s", live.job.name, reference)
+            self._fail(live, 13, f"Internal error (reference {reference}).")
+        finally:
+            with self._changed:
+                self._pending -= 1
+                self._forget_old_jobs()
+
+    def _forget_old_jobs(self) -> None:
+        """Ended jobs stay in memory only while recent; their records stay in the store."""
+        ended = [key for key, live in self._live.items() if live.job.state in TERMINAL]
+        for key in ended[: max(0, len(ended) - MAX_ENDED_IN_MEMORY)]:
+            del self._live[key]
+
+    def _fail(self, live: _LiveJob, code: int, message: str) -> None:
+        def fail(job: jobs_pb2.Job) -> None:
+            job.state = jobs_pb2.JOB_STATE_FAILED
+            job.error.CopyFrom(jobs_pb2.JobError(code=code, message=message))
+
+        self._update(live, fail)
+
+    def snapshot(self, live: _LiveJob) -> jobs_pb2.Job:
+        with self._changed:
+            copy = jobs_pb2.Job()
+            copy.CopyFrom(live.job)
+            return copy
+
+    def _key(self, tenant: str, name: str) -> str:
+        return f"{tenant}/{name}"
+
+    def _load(self, tenant: str, job_id: str) -> jobs_pb2.Job:
+        try:
+            record = self.store.get_record(
+                self.settings.records_bucket, self._record_key(tenant, job_id)
+            )
+        except errors.NotFound:
+            raise errors.NotFound(f"Job jobs/{job_id} does not exist.") from None
+        return json_format.ParseDict(record["job"], jobs_pb2.Job())
+
+    def get(self, tenant: str, name: str) -> jobs_pb2.Job:
+        job_id = job_id_of(name)
+        with self._changed:
+            live = self._live.get(self._key(tenant, name))
+        return self.snapshot(live) if live else self._load(tenant, job_id)
+
+    def watch(
+        self, tenant: str, name: str, is_active: Callable[[], bool]
+    ) -> Iterator[jobs_pb2.Job]:
+        """Yields the job now and after every change, until it ends or the caller leaves."""
+        job_id_of(name)
+        with self._changed:
+            live = self._live.get(self._key(tenant, name))
+        if live is None:
+            yield self.get(tenant, name)
+            return
+        seen = -1
+        while is_active():
+            with self._changed:
+                if live.version == seen:
+                    self._changed.wait(WATCH_POLL_SECONDS)
+                    continue
+                seen = live.version
+                job = self.snapshot(live)
+            yield job
+            if job.state in TERMINAL:
+                return
+
+    def cancel(self, tenant: str, name: str) -> jobs_pb2.Job:
+        job = self.get(tenant, name)
+        if job.state in TERMINAL:
+            raise errors.FailedPrecondition(
+                f"Job {name} already ended ({jobs_pb2.JobState.Name(job.state)})."
+            )
+        with self._changed:
+            live = self._live.get(self._key(tenant, name))
+        if live is not None:
+            live.cancel.set()
+        return job
+
+    def list(self, tenant: str, page_size: int, page_token: str) -> tuple[list[jobs_pb2.Job], str]:
+        page_size = min(max(page_size or 50, 1), 200)
+        keys = sorted(
+            self.store.list_keys(self.settings.records_bucket, f"{tenant}/jobs/"), reverse=True
+        )
+        if page_token:
+            keys = [key for key in keys if key < page_token]
+        page = keys[:page_size]
+        jobs = [
+            self.get(tenant, JOB_PREFIX + key.rsplit("/", 1)[1].removesuffix(".json"))
+            for key in page
+        ]
+        next_token = page[-1] if len(keys) > page_size else ""
+        return jobs, next_token
+
+    def fail_interrupted(self) -> int:
+        """At start-up: jobs left running by a previous process cannot resume; end them."""
+        failed = 0
+        for key in self.store.list_keys(self.settings.records_bucket, ""):
+            if "/jobs/" not in key:
+                continue
+            record = self.store.get_record(self.settings.records_bucket, key)
+            job = json_format.ParseDict(record["job"], jobs_pb2.Job())
+            if job.state in TERMINAL:
+                continue
+            live = _LiveJob(record["tenant"], job)
+            self._fail(live, 14, "The job was interrupted by a server restart; submit it again.")
+            failed += 1
+        return failed
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        with self._changed:
+            for live in self._live.values():
+                live.cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,258 @@
+"""The public API's servicers: protobuf in, library calls, protobuf out."""
+
+import datetime
+from collections.abc import Iterator
+
+import grpc
+from google.protobuf import timestamp_pb2
+from remind.v1 import job_service_pb2 as jobs_pb2
+from remind.v1 import job_service_pb2_grpc as jobs_grpc
+from remind.v1 import media_service_pb2 as media_pb2
+from remind.v1 import media_service_pb2_grpc as media_grpc
+from remind.v1 import template_service_pb2 as templates_pb2
+from remind.v1 import template_service_pb2_grpc as templates_grpc
+
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.faceswap_client import FaceSwapClient
+from services.orchestrator.gif_job import GifJobInput, GifJobRunner
+from services.orchestrator.jobs import JobBoard
+from services.orchestrator.media_library import MediaLibrary, MediaRecord
+from services.orchestrator.template_library import GIF, VIDEO, TemplateLibrary, TemplateRecord
+from services.shared import errors, wire
+
+KIND_NAMES = {templates_pb2.TEMPLATE_KIND_GIF: GIF, templates_pb2.TEMPLATE_KIND_VIDEO: VIDEO}
+KIND_VALUES = {name: value for value, name in KIND_NAMES.items()}
+
+
+class Tenancy:
+    """Says which tenant a call acts for; every storage key and job is scoped by it."""
+
+    def __init__(self, settings: OrchestratorSettings) -> None:
+        self.default_tenant = settings.tenant
+
+    def of(self, context: grpc.ServicerContext) -> str:
+        return self.default_tenant
+
+
+def _timestamp(value: datetime.datetime | str) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def media_to_proto(record: MediaRecord) -> media_pb2.Media:
+    return media_pb2.Media(
+        name=record.name,
+        content_type=record.content_type,
+        size_bytes=record.size_bytes,
+        sha256=record.sha256,
+        filename=record.filename,
+        create_time=_timestamp(record.create_time),
+    )
+
+
+def template_to_proto(record: TemplateRecord) -> templates_pb2.Template:
+    return templates_pb2.Template(
+        name=record.name,
+        display_name=record.display_name,
+        kind=KIND_VALUES[record.kind],
+        duration_seconds=record.duration_seconds,
+        width=record.width,
+        height=record.height,
+        frame_count=record.frame_count,
+        fps=record.fps,
+        builtin=record.builtin,
+    )
+
+
+class JobServicer(jobs_grpc.JobServiceServicer):
+    def __init__(
+        self,
+        board: JobBoard,
+        media_library: MediaLibrary,
+        templates: TemplateLibrary,
+        faceswap: FaceSwapClient,
+        gif_runner: GifJobRunner,
+        tenancy: Tenancy,
+        settings: OrchestratorSettings,
+    ) -> None:
+        self.board = board
+        self.media_library = media_library
+        self.templates = templates
+        self.faceswap = faceswap
+        self.gif_runner = gif_runner
+        self.tenancy = tenancy
+        self.settings = settings
+
+    def _with_url(self, tenant: str, job: jobs_pb2.Job) -> jobs_pb2.Job:
+        if job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.result.media:
+            url, _ = self.media_library.url(self.media_library.get(tenant, job.result.media))
+            job.result.download_url = url
+        return job
+
+    def CreateGifJob(
+        self, request: jobs_pb2.CreateGifJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.CreateGifJobResponse:
+        tenant = self.tenancy.of(context)
+        wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
+        wire.require(bool(request.template), "template is required, e.g. templates/office-sway.")
+        template = self.templates.get(tenant, request.template)
+        if template.kind != GIF:
+            raise errors.InvalidInput(f"{request.template} is not a GIF template.")
+        photo = self.media_library.read_bytes(
+            self.media_library.get(tenant, request.face_media), self.settings.max_upload_bytes
+        )
+        # Preparing the identity now rejects a bad photo before any work is queued.
+        identity = self.faceswap.prepare_identity(photo, request.faceswap_engine)
+        job = jobs_pb2.Job(
+            kind=jobs_pb2.JOB_KIND_GIF, face_media=request.face_media, template=template.name
+        )
+        job_input = GifJobInput(identity, template)
+        created = self.board.submit(
+            tenant, job, lambda job_context: self.gif_runner.run(job_context, job_input)
+        )
+        return jobs_pb2.CreateGifJobResponse(job=created)
+
+    def CreateVideoJob(
+        self, request: jobs_pb2.CreateVideoJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.CreateVideoJobResponse:
+        raise errors.FailedPrecondition(
+            "Video jobs need the lipsync and voice services, which this deployment lacks."
+        )
+
+    def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.GetJobResponse:
+        tenant = self.tenancy.of(context)
+        return jobs_pb2.GetJobResponse(
+            job=self._with_url(tenant, self.board.get(tenant, request.name))
+        )
+
+    def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[jobs_pb2.WatchJobResponse]:
+        tenant = self.tenancy.of(context)
+        for job in self.board.watch(tenant, request.name, context.is_active):
+            yield jobs_pb2.WatchJobResponse(job=self._with_url(tenant, job))
+
+    def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.CancelJobResponse:
+        tenant = self.tenancy.of(context)
+        return jobs_pb2.CancelJobResponse(job=self.board.cancel(tenant, request.name))
+
+    def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        tenant = self.tenancy.of(context)
+        jobs, next_token = self.board.list(tenant, request.page_size, request.page_token)
+        return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=next_token)
+
+
+class TemplateServicer(templates_grpc.TemplateServiceServicer):
+    def __init__(self, templates: TemplateLibrary, tenancy: Tenancy) -> None:
+        self.templates = templates
+        self.tenancy = tenancy
+
+    def ListTemplates(
+        self, request: templates_pb2.ListTemplatesRequest, context: grpc.ServicerContext
+    ) -> templates_pb2.ListTemplatesResponse:
+        records = self.templates.list(self.tenancy.of(context), KIND_NAMES.get(request.kind))
+        return templates_pb2.ListTemplatesResponse(
+            templates=[template_to_proto(record) for record in records]
+        )
+
+    def GetTemplate(
+        self, request: templates_pb2.GetTemplateRequest, context: grpc.ServicerContext
+    ) -> templates_pb2.GetTemplateResponse:
+        record = self.templates.get(self.tenancy.of(context), request.name)
+        return templates_pb2.GetTemplateResponse(template=template_to_proto(record))
+
+    def CreateTemplate(
+        self, request: templates_pb2.CreateTemplateRequest, context: grpc.ServicerContext
+    ) -> templates_pb2.CreateTemplateResponse:
+        record = self.templates.create(
+            self.tenancy.of(context), request.media, request.template_id, request.display_name
+        )
+        return templates_pb2.CreateTemplateResponse(template=template_to_proto(record))
+
+
+class MediaServicer(media_grpc.MediaServiceServicer):
+    def __init__(
+        self, media_library: MediaLibrary, tenancy: Tenancy, settings: OrchestratorSettings
+    ) -> None:
+        self.media_library = media_library
+        self.tenancy = tenancy
+        self.settings = settings
+
+    def CreateUpload(
+        self, request: media_pb2.CreateUploadRequest, context: grpc.ServicerContext
+    ) -> media_pb2.CreateUploadResponse:
+        upload, put_url, expires = self.media_library.create_upload(
+            self.tenancy.of(context), request.content_type, request.filename, request.size_bytes
+        )
+        return media_pb2.CreateUploadResponse(
+            upload=upload,
+            max_chunk_bytes=self.settings.max_chunk_bytes,
+            put_url=put_url,
+            put_url_expire_time=_timestamp(expires),
+        )
+
+    def AppendUpload(
+        self, request: media_pb2.AppendUploadRequest, context: grpc.ServicerContext
+    ) -> media_pb2.AppendUploadResponse:
+        received = self.media_library.append_upload(
+            self.tenancy.of(context), request.upload, request.offset, request.data
+        )
+        return media_pb2.AppendUploadResponse(received_bytes=received)
+
+    def FinishUpload(
+        self, request: media_pb2.FinishUploadRequest, context: grpc.ServicerContext
+    ) -> media_pb2.FinishUploadResponse:
+        record = self.media_library.finish_upload(self.tenancy.of(context), request.upload)
+        return media_pb2.FinishUploadResponse(media=media_to_proto(record))
+
+    def UploadMedia(
+        self,
+        request_iterator: Iterator[media_pb2.UploadMediaRequest],
+        context: grpc.ServicerContext,
+    ) -> media_pb2.UploadMediaResponse:
+        first = next(request_iterator, None)
+        wire.require(
+            first is not None and first.HasField("metadata"),
+            "The first UploadMedia message must be the metadata.",
+        )
+
+        def chunks() -> Iterator[bytes]:
+            for request in request_iterator:
+                wire.require(request.HasField("chunk"), "Only chunks may follow the metadata.")
+                yield request.chunk
+
+        record = self.media_library.upload_stream(
+            self.tenancy.of(context), first.metadata.content_type, first.metadata.filename, chunks()
+        )
+        return media_pb2.UploadMediaResponse(media=media_to_proto(record))
+
+    def GetMedia(
+        self, request: media_pb2.GetMediaRequest, context: grpc.ServicerContext
+    ) -> media_pb2.GetMediaResponse:
+        record = self.media_library.get(self.tenancy.of(context), request.name)
+        return media_pb2.GetMediaResponse(media=media_to_proto(record))
+
+    def DownloadMedia(
+        self, request: media_pb2.DownloadMediaRequest, context: grpc.ServicerContext
+    ) -> Iterator[media_pb2.DownloadMediaResponse]:
+        record = self.media_library.get(self.tenancy.of(context), request.name)
+        metadata = media_to_proto(record)
+        for chunk in self.media_library.read_chunks(record):
+            yield media_pb2.DownloadMediaResponse(media=metadata, chunk=chunk)
+            metadata = None
+
+    def GetMediaUrl(
+        self, request: media_pb2.GetMediaUrlRequest, context: grpc.ServicerContext
+    ) -> media_pb2.GetMediaUrlResponse:
+        record = self.media_library.get(self.tenancy.of(context), request.name)
+        url, expires = self.media_library.url(record)
+        return media_pb2.GetMediaUrlResponse(url=url, expire_time=_timestamp(expires))

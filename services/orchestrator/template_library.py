@@ -1,0 +1,192 @@
+"""Templates: the bundled ones (rendered at start-up if the store lacks them) and uploads.
+
+Layout: templates bucket `builtin/{id}.gif` and `{tenant}/{id}.{ext}`;
+records bucket `builtin/templates/{id}.json` and `{tenant}/templates/{id}.json`.
+"""
+
+import logging
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from services.orchestrator import builtin_templates
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.media_library import MediaLibrary
+from services.shared import errors, faces, media
+from services.shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_PREFIX = "templates/"
+BUILTIN = "builtin"
+_TEMPLATE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+GIF, VIDEO = "gif", "video"
+# Frames sampled to check that an uploaded template shows a face.
+FACE_CHECK_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class TemplateRecord:
+    name: str
+    display_name: str
+    kind: str
+    bucket: str
+    key: str
+    duration_seconds: float
+    width: int
+    height: int
+    frame_count: int
+    fps: float
+    builtin: bool
+
+
+def template_id_of(name: str) -> str:
+    template_id = name[len(TEMPLATE_PREFIX) :] if name.startswith(TEMPLATE_PREFIX) else ""
+    if not _TEMPLATE_ID.match(template_id):
+        raise errors.InvalidInput(
+            f"Template {name!r} is not a valid name; expected templates/<id> with lower-case "
+            "letters, digits and dashes."
+        )
+    return template_id
+
+
+class TemplateLibrary:
+    def __init__(
+        self, store: ObjectStore, media_library: MediaLibrary, settings: OrchestratorSettings
+    ) -> None:
+        self.store = store
+        self.media_library = media_library
+        self.settings = settings
+
+    def install_builtins(self) -> None:
+        """Renders and stores the bundled GIF templates the store does not have yet."""
+        for template in builtin_templates.BUILTIN_GIF_TEMPLATES:
+            record_key = f"{BUILTIN}/templates/{template.template_id}.json"
+            if self.store.exists(self.settings.records_bucket, record_key):
+                continue
+            with tempfile.TemporaryDirectory() as work:
+                path = Path(work) / f"{template.template_id}.gif"
+                builtin_templates.render_builtin_gif(template.template_id, path)
+                key = f"{BUILTIN}/{template.template_id}.gif"
+                if not self.store.exists(self.settings.templates_bucket, key):
+                    self.store.put_new_file(self.settings.templates_bucket, key, path, "image/gif")
+                record = self._record(
+                    template.template_id,
+                    template.display_name,
+                    GIF,
+                    key,
+                    media.probe(path),
+                    builtin=True,
+                )
+            self.store.put_record(self.settings.records_bucket, record_key, asdict(record))
+            log.info("installed built-in template %s", template.template_id)
+
+    def list(self, tenant: str, kind: str | None = None) -> list[TemplateRecord]:
+        records = []
+        for owner in (BUILTIN, tenant):
+            for key in self.store.list_keys(self.settings.records_bucket, f"{owner}/templates/"):
+                record = TemplateRecord(**self.store.get_record(self.settings.records_bucket, key))
+                if kind is None or record.kind == kind:
+                    records.append(record)
+        return sorted(records, key=lambda record: (not record.builtin, record.name))
+
+    def get(self, tenant: str, name: str) -> TemplateRecord:
+        template_id = template_id_of(name)
+        for owner in (tenant, BUILTIN):
+            key = f"{owner}/templates/{template_id}.json"
+            if self.store.exists(self.settings.records_bucket, key):
+                return TemplateRecord(**self.store.get_record(self.settings.records_bucket, key))
+        raise errors.NotFound(f"Template {name} does not exist; list templates to see the names.")
+
+    def download(self, template: TemplateRecord, path: Path) -> None:
+        self.store.download(template.bucket, template.key, path)
+
+    def create(
+        self, tenant: str, media_name: str, template_id: str, display_name: str
+    ) -> TemplateRecord:
+        """Checks an uploaded GIF or MP4 and makes it a template of this tenant."""
+        template_id_of(TEMPLATE_PREFIX + template_id)
+        try:
+            self.get(tenant, TEMPLATE_PREFIX + template_id)
+            raise errors.AlreadyExists(f"Template templates/{template_id} already exists.")
+        except errors.NotFound:
+            pass
+        upload = self.media_library.get(tenant, media_name)
+        with tempfile.TemporaryDirectory() as work:
+            path = Path(work) / "template"
+            self.media_library.download(upload, path)
+            info = media.probe(path)
+            kind = self._check_template(info)
+            self._check_has_face(path)
+            extension = ".gif" if kind == GIF else ".mp4"
+            key = f"{tenant}/{template_id}{extension}"
+            content_type = "image/gif" if kind == GIF else "video/mp4"
+            self.store.put_new_file(self.settings.templates_bucket, key, path, content_type)
+        record = self._record(
+            template_id, display_name or template_id, kind, key, info, builtin=False
+        )
+        self.store.put_record(
+            self.settings.records_bucket, f"{tenant}/templates/{template_id}.json", asdict(record)
+        )
+        return record
+
+    def _check_template(self, info: media.MediaInfo) -> str:
+        if not info.has_video or info.frame_count < 1:
+            raise errors.InvalidInput("The template has no frames: upload a GIF or an MP4.")
+        kind = GIF if info.format_name == "gif" else VIDEO
+        long_side, short_side = max(info.width, info.height), min(info.width, info.height)
+        if (
+            long_side > self.settings.max_template_long_side
+            or short_side > self.settings.max_template_short_side
+        ):
+            raise errors.TooLarge(
+                f"The template is {info.width}x{info.height}; templates are at most 1080p."
+            )
+        if kind == GIF and not (
+            self.settings.gif_template_min_seconds
+            <= info.duration_seconds
+            <= self.settings.gif_template_max_seconds
+        ):
+            raise errors.InvalidInput(
+                f"The GIF lasts {info.duration_seconds:.1f} s; GIF templates last "
+                f"{self.settings.gif_template_min_seconds:g} to "
+                f"{self.settings.gif_template_max_seconds:g} s."
+            )
+        if kind == VIDEO:
+            raise errors.InvalidInput("Video templates are not supported yet; upload a GIF.")
+        return kind
+
+    def _check_has_face(self, path: Path) -> None:
+        info = media.probe(path)
+        step = max(1, info.frame_count // FACE_CHECK_SAMPLES)
+        analyzer = faces.default_analyzer()
+        for index, frame in enumerate(media.iter_frames(path)):
+            if index % step == 0 and analyzer.primary_face(frame) is not None:
+                return
+        raise errors.FailedPrecondition(
+            "No face was found in the template; templates must show a face."
+        )
+
+    def _record(
+        self,
+        template_id: str,
+        display_name: str,
+        kind: str,
+        key: str,
+        info: media.MediaInfo,
+        builtin: bool,
+    ) -> TemplateRecord:
+        return TemplateRecord(
+            name=TEMPLATE_PREFIX + template_id,
+            display_name=display_name,
+            kind=kind,
+            bucket=self.settings.templates_bucket,
+            key=key,
+            duration_seconds=info.duration_seconds,
+            width=info.width,
+            height=info.height,
+            frame_count=info.frame_count,
+            fps=info.fps,
+            builtin=builtin,
+        )

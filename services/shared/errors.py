@@ -1,0 +1,37 @@
+"""Domain errors. Code inside the services raises these; servicers never build statuses by hand.
+
+The mapping to gRPC status codes lives in `services.shared.grpc_status`, the one place that
+knows about gRPC.
+"""
+
+
+class RemindError(Exception):
+    """Base class: the message is shown to the caller, so it must say what to do."""
+
+
+class InvalidInput(RemindError):
+    """The request or its media is malformed (not an image, corrupt GIF, bad field)."""
+
+
+class NotFound(RemindError):
+    """A named job, template, media or upload does not exist (for this tenant)."""
+
+
+class TooLarge(RemindError):
+    """Input over a size, duration or resolution limit, or a queue is full."""
+
+
+class FailedPrecondition(RemindError):
+    """The input is well-formed but cannot be used (no face in the photo, job already ended)."""
+
+
+class AlreadyExists(RemindError):
+    """A resource with that name exists and we never overwrite."""
+
+
+class Unavailable(RemindError):
+    """A dependency (model service, storage) cannot be reached right now; retrying may help."""
+
+
+class EngineNotReady(RemindError):
+    """An engine cannot serve: weights missing or invalid."""

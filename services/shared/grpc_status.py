@@ -1,0 +1,84 @@
+"""The one place where domain errors become gRPC status codes.
+
+`StatusInterceptor` wraps every handler of a server: a `RemindError` aborts the call with
+the mapped code and its message; anything else is logged with its traceback and becomes
+INTERNAL with a short reference, so callers never see a stack trace.
+"""
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from services.shared import errors
+from services.shared.handlers import wrap_handler
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[errors.RemindError], grpc.StatusCode] = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.EngineNotReady: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+ERROR_BY_STATUS: dict[grpc.StatusCode, type[errors.RemindError]] = {
+    code: error for error, code in STATUS_BY_ERROR.items() if error is not errors.EngineNotReady
+}
+
+
+def status_for(error: errors.RemindError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        if kind in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[kind]
+    return grpc.StatusCode.UNKNOWN
+
+
+def error_from_rpc(rpc_error: grpc.RpcError, what: str) -> errors.RemindError:
+    """Turns a downstream service's status back into a domain error, keeping its message."""
+    code = rpc_error.code() if hasattr(rpc_error, "code") else grpc.StatusCode.UNKNOWN
+    detail = rpc_error.details() if hasattr(rpc_error, "details") else str(rpc_error)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return errors.Unavailable(f"{what} is unavailable: {detail}")
+    kind = ERROR_BY_STATUS.get(code, errors.RemindError)
+    return kind(detail or f"{what} failed ({code.name})")
+
+
+def _abort(context: grpc.ServicerContext, error: Exception) -> None:
+    if context.code() is not None:  # the handler already aborted with its own status
+        raise error
+    if isinstance(error, errors.RemindError):
+        context.abort(status_for(error), str(error))
+    reference = uuid.uuid4().hex[:12]
+    log.exception("unhandled error, reference %s", reference)
+    context.abort(grpc.StatusCode.INTERNAL, f"Internal error (reference {reference}).")
+
+
+def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except Exception as error:  # noqa: BLE001 - every error gets a status
+            _abort(context, error)
+
+    return guarded
+
+
+def _guard_stream(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behavior(request, context)
+        except Exception as error:  # noqa: BLE001
+            _abort(context, error)
+
+    return guarded
+
+
+class StatusInterceptor(grpc.ServerInterceptor):
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        return wrap_handler(continuation(handler_call_details), _guard_unary, _guard_stream)

@@ -1,0 +1,91 @@
+"""Structured logs and Prometheus metrics shared by every service."""
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram, start_http_server
+
+from services.shared.handlers import wrap_handler
+
+RPCS = Counter("remind_rpcs_total", "RPCs handled", ["service", "method", "code"])
+RPC_SECONDS = Histogram(
+    "remind_rpc_seconds",
+    "RPC wall time, streams included",
+    ["service", "method"],
+    buckets=(0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
+FRAMES = Counter("remind_frames_total", "Frames processed", ["service", "engine"])
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def start_metrics_endpoint(port: int) -> None:
+    if port:
+        start_http_server(port, addr="127.0.0.1")
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    _, service, method = full_method.split("/", 2)
+    return service.rsplit(".", 1)[-1], method
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts RPCs by final status code and times them, streams included."""
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        service, method = _split_method(handler_call_details.method)
+
+        def record(context: grpc.ServicerContext, started: float) -> None:
+            code = context.code() or grpc.StatusCode.OK
+            RPCS.labels(service, method, code.name).inc()
+            RPC_SECONDS.labels(service, method).observe(time.monotonic() - started)
+
+        def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def timed(request: Any, context: grpc.ServicerContext) -> Any:
+                started = time.monotonic()
+                try:
+                    return behavior(request, context)
+                finally:
+                    record(context, started)
+
+            return timed
+
+        def stream(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+            def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                started = time.monotonic()
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    record(context, started)
+
+            return timed
+
+        return wrap_handler(handler, unary, stream)

@@ -1,0 +1,107 @@
+"""Server bootstrap shared by every service: health, reflection, metrics, status mapping,
+message limits and graceful shutdown on SIGTERM/SIGINT."""
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.shared.grpc_status import StatusInterceptor
+from services.shared.observability import MetricsInterceptor, start_metrics_endpoint
+from services.shared.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def message_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class RunningServer:
+    """A started gRPC server with its health service, stoppable from any thread."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        health_servicer: health.HealthServicer,
+        service_names: list[str],
+        port: int,
+        grace: float,
+    ) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.service_names = service_names
+        self.port = port
+        self.grace = grace
+        self.on_stop: list[Callable[[], None]] = []
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            self.health.set(name, status)
+
+    def stop(self) -> None:
+        """Reports NOT_SERVING, lets in-flight calls finish within the grace, then stops."""
+        self.set_serving(False)
+        self.server.stop(self.grace).wait()
+        for callback in self.on_stop:
+            callback()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def start_server(
+    settings: ServerSettings,
+    add_servicers: Callable[[grpc.Server], Iterable[str]],
+) -> RunningServer:
+    """Starts a server; `add_servicers` registers the servicers and returns their full names."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+        interceptors=[MetricsInterceptor(), StatusInterceptor()],
+        options=message_options(settings.max_message_bytes),
+        maximum_concurrent_rpcs=settings.max_workers * 4,
+    )
+    service_names = list(add_servicers(server))
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {settings.host}:{settings.port}")
+    server.start()
+    start_metrics_endpoint(settings.metrics_port)
+    running = RunningServer(
+        server, health_servicer, service_names, port, settings.shutdown_grace_seconds
+    )
+    running.set_serving(True)
+    log.info("listening on %s:%d", settings.host, port)
+    return running
+
+
+def serve_until_signalled(running: RunningServer) -> None:
+    """Blocks until SIGTERM or SIGINT, then shuts down gracefully."""
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopping.wait()
+    running.stop()

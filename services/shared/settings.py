@@ -1,0 +1,63 @@
+"""Typed settings read from environment variables, one prefix per service.
+
+A settings class is a frozen dataclass whose field defaults are the documented defaults;
+`from_env` fills each field from `PREFIX_FIELD_NAME` when that variable is set.
+"""
+
+import dataclasses
+import os
+from typing import Any, TypeVar
+
+SettingsT = TypeVar("SettingsT")
+
+
+def _convert(raw: str, kind: Any, name: str) -> Any:
+    if kind is bool or kind == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {raw!r}")
+    if kind is int or kind == "int":
+        return int(raw)
+    if kind is float or kind == "float":
+        return float(raw)
+    return raw
+
+
+def from_env(cls: type[SettingsT], prefix: str, **overrides: Any) -> SettingsT:
+    """Builds `cls` from `PREFIX_<FIELD>` variables; explicit overrides win."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        variable = f"{prefix}_{field.name}".upper()
+        if variable in os.environ:
+            values[field.name] = _convert(os.environ[variable], field.type, variable)
+    values.update(overrides)
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Settings:
+    """Where the S3 store is. Locally SeaweedFS; in production MinIO (see deploy/)."""
+
+    endpoint: str = "127.0.0.1:8333"
+    access_key: str = "remind"
+    secret_key: str = "remind-local-secret"
+    secure: bool = False
+    region: str = "us-east-1"
+
+    @classmethod
+    def load(cls) -> "S3Settings":
+        return from_env(cls, "REMIND_S3")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """What every gRPC server shares: ports, threads, message limits, shutdown grace."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 0  # 0 = no metrics endpoint
+    max_workers: int = 16
+    max_message_bytes: int = 8 * 1024 * 1024
+    shutdown_grace_seconds: float = 10.0

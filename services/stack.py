@@ -1,0 +1,292 @@
+"""The local stack: a real S3 server (SeaweedFS), the faceswap service and the orchestrator,
+each its own process on 127.0.0.1. Used by `make up/down/run`, the CLI and the tests.
+
+Processes run in their own sessions and are stopped by the pids recorded in the stack's
+state file, never by name.
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from minio import Minio
+
+DEFAULT_BASE_PORT = 18300
+# Offsets from the base port. SeaweedFS also listens on each of its ports + 10000 (gRPC).
+S3, MASTER, FILER, VOLUME, ICEBERG, ADMIN, S3_METRICS, LANCE = range(8)
+FACESWAP, ORCHESTRATOR, FACESWAP_METRICS, ORCHESTRATOR_METRICS = 10, 11, 12, 13
+READY_TIMEOUT_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    base_port: int
+    access_key: str
+    secret_key: str
+    pids: dict[str, int]
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"127.0.0.1:{self.base_port + S3}"
+
+    @property
+    def orchestrator_address(self) -> str:
+        return f"127.0.0.1:{self.base_port + ORCHESTRATOR}"
+
+    @property
+    def faceswap_address(self) -> str:
+        return f"127.0.0.1:{self.base_port + FACESWAP}"
+
+    def metrics_url(self, service: str) -> str:
+        offset = {"faceswap": FACESWAP_METRICS, "orchestrator": ORCHESTRATOR_METRICS}[service]
+        return f"http://127.0.0.1:{self.base_port + offset}/metrics"
+
+    def s3_env(self) -> dict[str, str]:
+        return {
+            "REMIND_S3_ENDPOINT": self.s3_endpoint,
+            "REMIND_S3_ACCESS_KEY": self.access_key,
+            "REMIND_S3_SECRET_KEY": self.secret_key,
+        }
+
+
+def ports_free(base_port: int) -> bool:
+    ports = [base_port + offset for offset in range(14)]
+    ports += [base_port + offset + 10000 for offset in (S3, MASTER, FILER, VOLUME, ADMIN)]
+    for port in ports:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pid(pid: int, timeout: float = 15.0) -> None:
+    """SIGTERM for a graceful stop, SIGKILL if it does not end in time."""
+    if not pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+class LocalStack:
+    def __init__(
+        self,
+        state_dir: Path,
+        base_port: int = DEFAULT_BASE_PORT,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.base_port = base_port
+        self.extra_env = extra_env or {}
+        self.state_file = self.state_dir / "stack.json"
+
+    def info(self) -> StackInfo | None:
+        if not self.state_file.exists():
+            return None
+        return StackInfo(**json.loads(self.state_file.read_text()))
+
+    def running(self) -> bool:
+        info = self.info()
+        return bool(info and info.pids and all(pid_alive(pid) for pid in info.pids.values()))
+
+    def _credentials(self) -> tuple[str, str]:
+        """One key pair per stack directory, kept so the data stays readable across restarts."""
+        keys_file = self.state_dir / "s3-keys.json"
+        if not keys_file.exists():
+            keys_file.write_text(
+                json.dumps({"access_key": "remind-local", "secret_key": secrets.token_hex(20)})
+            )
+            keys_file.chmod(0o600)
+        keys = json.loads(keys_file.read_text())
+        return keys["access_key"], keys["secret_key"]
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> int:
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.log", "ab") as log_file:
+            process = subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        return process.pid
+
+    def _save(self, info: StackInfo) -> None:
+        self.state_file.write_text(json.dumps(asdict(info), indent=2))
+
+    def start(self) -> StackInfo:
+        """Starts whatever part of the stack is not running, in dependency order."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        previous = self.info()
+        pids = {
+            name: pid for name, pid in (previous.pids if previous else {}).items() if pid_alive(pid)
+        }
+        if not pids and not ports_free(self.base_port):
+            raise RuntimeError(
+                f"ports {self.base_port}..{self.base_port + 13} (and +10000) are "
+                "in use: stop the other stack (make down) or pick another base"
+            )
+        access_key, secret_key = self._credentials()
+        info = StackInfo(self.base_port, access_key, secret_key, pids)
+        try:
+            for name, (command, env) in self._processes(info).items():
+                if name in info.pids:
+                    continue
+                info.pids[name] = self._spawn(name, command, env)
+                self._save(info)
+                if name == "s3":
+                    wait_for_s3(info)
+                else:
+                    wait_for_health(self._address(info, name), info.pids[name], name)
+        except BaseException:
+            self._save(info)
+            self.stop()
+            raise
+        return info
+
+    @staticmethod
+    def _address(info: StackInfo, name: str) -> str:
+        return {"faceswap": info.faceswap_address, "orchestrator": info.orchestrator_address}[name]
+
+    def _processes(self, info: StackInfo) -> dict[str, tuple[list[str], dict[str, str]]]:
+        base = self.base_port
+        service_env = {**info.s3_env(), **self.extra_env}
+        return {
+            "s3": (self._s3_command(info), {}),
+            "faceswap": (
+                [sys.executable, "-m", "services.faceswap.server"],
+                {
+                    **service_env,
+                    "REMIND_FACESWAP_PORT": str(base + FACESWAP),
+                    "REMIND_FACESWAP_METRICS_PORT": str(base + FACESWAP_METRICS),
+                },
+            ),
+            "orchestrator": (
+                [sys.executable, "-m", "services.orchestrator.server"],
+                {
+                    **service_env,
+                    "REMIND_ORCHESTRATOR_PORT": str(base + ORCHESTRATOR),
+                    "REMIND_ORCHESTRATOR_METRICS_PORT": str(base + ORCHESTRATOR_METRICS),
+                    "REMIND_ORCHESTRATOR_FACESWAP_ADDRESS": info.faceswap_address,
+                },
+            ),
+        }
+
+    def _s3_command(self, info: StackInfo) -> list[str]:
+        data = self.state_dir / "s3-data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.state_dir / "s3-identities.json"
+        # With an identities file SeaweedFS rejects wrong keys and anonymous requests.
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "remind",
+                            "credentials": [
+                                {"accessKey": info.access_key, "secretKey": info.secret_key}
+                            ],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        config.chmod(0o600)
+        base = self.base_port
+        weed = str(Path(sys.executable).parent / "weed")
+        return [
+            weed,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={config}",
+            f"-s3.port={base + S3}",
+            f"-master.port={base + MASTER}",
+            f"-filer.port={base + FILER}",
+            f"-volume.port={base + VOLUME}",
+            f"-s3.port.iceberg={base + ICEBERG}",
+            f"-admin.port={base + ADMIN}",
+            f"-metricsPort={base + S3_METRICS}",
+            f"-s3.port.lance={base + LANCE}",
+            "-webdav=false",
+            "-admin.ui=false",
+        ]
+
+    def stop(self, name: str | None = None) -> None:
+        """Stops one process, or all of them (services first, then the store)."""
+        info = self.info()
+        if info is None:
+            return
+        for process in ("orchestrator", "faceswap", "s3"):
+            if process in info.pids and name in (None, process):
+                stop_pid(info.pids.pop(process))
+        self._save(info)
+
+
+def wait_for_s3(info: StackInfo) -> None:
+    client = Minio(
+        info.s3_endpoint, access_key=info.access_key, secret_key=info.secret_key, secure=False
+    )
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while True:
+        try:
+            client.list_buckets()
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            if not pid_alive(info.pids["s3"]) or time.monotonic() > deadline:
+                raise RuntimeError("the S3 server did not start; see its log") from None
+            time.sleep(0.2)
+
+
+def wait_for_health(address: str, pid: int, name: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if not pid_alive(pid) or time.monotonic() > deadline:
+                raise RuntimeError(f"the {name} service did not become healthy; see its log")
+            time.sleep(0.2)

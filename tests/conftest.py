@@ -1,0 +1,67 @@
+"""One shared fixture for integration tests: the real local stack on free loopback ports."""
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from skimage import data
+
+from services.client import RemindClient
+from services.samples import sample_face_photo
+from services.shared import media
+from services.shared.settings import S3Settings
+from services.shared.storage import ObjectStore
+from services.stack import LocalStack, StackInfo, ports_free
+
+
+def _free_base_port() -> int:
+    for _ in range(50):
+        base = random.randrange(20000, 30000, 20)
+        if ports_free(base):
+            return base
+    raise RuntimeError("no free port range for the test stack")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    local = LocalStack(tmp_path_factory.mktemp("stack"), _free_base_port())
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_info(stack: LocalStack) -> StackInfo:
+    info = stack.info()
+    assert info is not None
+    return info
+
+
+@pytest.fixture
+def client(stack: LocalStack, stack_info: StackInfo) -> Iterator[RemindClient]:
+    stack.start()  # brings back anything a previous test stopped on purpose
+    with RemindClient(stack_info.orchestrator_address) as remind:
+        yield remind
+
+
+@pytest.fixture(scope="session")
+def store(stack_info: StackInfo) -> ObjectStore:
+    return ObjectStore(
+        S3Settings(
+            endpoint=stack_info.s3_endpoint,
+            access_key=stack_info.access_key,
+            secret_key=stack_info.secret_key,
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def astronaut_png() -> bytes:
+    return media.encode_image(data.astronaut(), "png")
+
+
+@pytest.fixture(scope="session")
+def user_photo() -> np.ndarray:
+    """Someone other than the astronaut the built-in templates show."""
+    return sample_face_photo(0)
