@@ -63,6 +63,8 @@ SHAPE_WEIGHTS = np.full(LANDMARK_COUNT, FEATURE_SHAPE_WEIGHT, dtype=np.float32)
 SHAPE_WEIGHTS[JAW] = JAW_SHAPE_WEIGHT
 SHAPE_WEIGHTS[BROWS] = BROW_SHAPE_WEIGHT
 SHAPE_WEIGHTS[np.concatenate([OUTER_LIPS, INNER_LIPS])] = MOUTH_SHAPE_WEIGHT
+# A triangle squeezed below this fraction of its area in the photo is not warped on its own.
+MIN_TRIANGLE_AREA_RATIO = 0.2
 # Faces smaller than this (px) cannot carry the features; such frames pass through unchanged.
 MIN_FACE_SIDE = 24
 
@@ -392,14 +394,18 @@ def _warp_piecewise_affine(
     """The source image resampled so each source triangle lands on its target triangle."""
     height, width = shape
     # Pixels outside every usable triangle follow the best similarity transform of the face.
-    affines = [_similarity_transform(target_points, source_points)]
+    fallback = _similarity_transform(target_points, source_points)
+    affines = [fallback]
     triangle_ids = np.zeros((height, width), dtype=np.int32)
+    # Each triangle's area in the frame relative to the photo, after the overall scale: a
+    # turned head folds triangles over (negative) or squeezes them to slivers (the temple
+    # between eye corner, brow end and ear), and either would paint a whole region of the
+    # photo, hair included, as a streak. Those pixels take the similarity fallback instead.
     source_areas = _signed_areas(source_points[triangles])
     target_areas = _signed_areas(target_points[triangles])
-    # A turned head folds triangles over (e.g. the nose ridge crosses the far eye); a folded
-    # triangle would paint whatever it maps to, such as lips, over its neighbours, so it is
-    # left to the similarity fallback. Flat triangles cover no pixels.
-    usable = (np.sign(source_areas) == np.sign(target_areas)) & (np.abs(target_areas) > 0.5)
+    overall_scale = float(np.linalg.det(fallback[:, :2]))
+    relative_areas = target_areas * overall_scale / np.where(source_areas == 0, 1e-6, source_areas)
+    usable = (relative_areas > MIN_TRIANGLE_AREA_RATIO) & (np.abs(target_areas) > 0.5)
     for triangle in triangles[usable]:
         target_triangle = target_points[triangle]
         affines.append(cv2.getAffineTransform(target_triangle, source_points[triangle]))

@@ -1,0 +1,311 @@
+"""The embedded landmark-warp engine on real photos, and the engine registry."""
+
+import importlib.util
+import io
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from services.faceswap.engines.base import FaceIdentity, FaceSwapEngine
+from services.faceswap.engines.landmark_warp import (
+    LandmarkSmoother,
+    LandmarkWarpEngine,
+    SourceFace,
+    _decode_source_face,
+)
+from services.faceswap.engines.registry import ENGINES, create_engine
+from services.shared.errors import FailedPrecondition, InvalidInput
+from services.shared.faces import FaceAnalyzer, default_analyzer, identity_distance
+
+TEMPLATE_SIDE = 320
+# Faces in insightface's t1.jpg group photo (x, y, side), as dlib finds them: three people
+# looking roughly at the camera, the kind of face a GIF template shows.
+T1_FACES = {
+    "far_right": (1114, 284, 104),
+    "centre_left": (452, 300, 125),
+    "far_left": (65, 284, 104),
+}
+
+
+def insightface_image(name: str) -> np.ndarray:
+    # Located without importing insightface, whose import needs packages we do not install.
+    path = Path(importlib.util.find_spec("insightface").origin).parent / "data" / "images" / name
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def template_frame(person: str) -> np.ndarray:
+    """A head-and-shoulders crop of one person in t1.jpg, upscaled like a GIF template."""
+    group = insightface_image("t1.jpg")
+    x, y, side = T1_FACES[person]
+    centre_x, centre_y, half = x + side / 2, y + side / 2, side * 1.1
+    left, top = int(max(centre_x - half, 0)), int(max(centre_y - half, 0))
+    crop = group[top : int(centre_y + half), left : int(centre_x + half)]
+    return cv2.resize(crop, (TEMPLATE_SIDE, TEMPLATE_SIDE), interpolation=cv2.INTER_CUBIC)
+
+
+def shifted(frame: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    warp = np.float32([[1, 0, dx], [0, 1, dy]])
+    size = (frame.shape[1], frame.shape[0])
+    return cv2.warpAffine(frame, warp, size, borderMode=cv2.BORDER_REPLICATE)
+
+
+def embedding_of(analyzer: FaceAnalyzer, image: np.ndarray) -> np.ndarray:
+    face = analyzer.primary_face(image)
+    assert face is not None, "no face to compare"
+    return analyzer.identity_embedding(image, face)
+
+
+@pytest.fixture(scope="module")
+def engine() -> LandmarkWarpEngine:
+    engine = LandmarkWarpEngine()
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def identity(engine) -> FaceIdentity:
+    return engine.prepare_identity(data.astronaut())
+
+
+def test_identity_describes_the_photos_face(identity):
+    assert identity.engine == "landmark_warp"
+    x, y, width, height = identity.face_box
+    assert 150 < x < 200 and 60 < y < 110 and 70 < width < 110 and 70 < height < 110
+    assert identity.detection_score > 0
+    assert len(identity.state) < 200_000, "the identity travels with every request"
+
+
+def test_prepare_identity_without_a_face_fails(engine):
+    with pytest.raises(FailedPrecondition, match="No face found in the photo"):
+        engine.prepare_identity(data.coffee())
+
+
+@pytest.mark.parametrize("person", list(T1_FACES))
+def test_swapped_face_looks_like_the_photo(engine, identity, person):
+    analyzer = default_analyzer()
+    photo = embedding_of(analyzer, data.astronaut())
+    template = template_frame(person)
+    original = embedding_of(analyzer, template)
+
+    swapped = engine.start_stream(identity).swap(template)
+
+    assert swapped.face_found
+    assert swapped.image.shape == template.shape and swapped.image.dtype == np.uint8
+    result = embedding_of(analyzer, swapped.image)
+    before = identity_distance(original, photo)
+    after = identity_distance(result, photo)
+    to_template = identity_distance(result, original)
+    print(
+        f"{person}: template->photo {before:.3f}, swapped->photo {after:.3f}, "
+        f"swapped->template {to_template:.3f}"
+    )
+    assert after < before - 0.1, "the swap should move the face clearly toward the photo"
+    assert after < to_template, "the swapped face should look more like the photo"
+
+
+def test_swap_only_changes_the_face(engine, identity):
+    template = template_frame("far_right")
+    swapped = engine.start_stream(identity).swap(template)
+
+    x, y, width, height = swapped.face_box
+    changed = np.any(swapped.image != template, axis=2)
+    rows, cols = np.nonzero(changed)
+    margin = max(width, height) // 2  # the feathered band and the forehead above the box
+    assert rows.min() >= y - margin and rows.max() <= y + height + margin
+    assert cols.min() >= x - margin and cols.max() <= x + width + margin
+
+
+def test_frame_without_a_face_comes_back_unchanged(engine, identity):
+    frame = data.coffee()
+    original = frame.tobytes()
+
+    swapped = engine.start_stream(identity).swap(frame)
+
+    assert not swapped.face_found
+    assert swapped.face_box is None
+    assert swapped.image.tobytes() == original
+    assert frame.tobytes() == original, "the caller's frame is never written to"
+
+
+def test_identity_state_round_trips_through_bytes(engine, identity):
+    carried = FaceIdentity(
+        engine=identity.engine,
+        state=bytes(bytearray(identity.state)),
+        face_box=identity.face_box,
+        detection_score=identity.detection_score,
+    )
+    template = template_frame("centre_left")
+
+    first = engine.start_stream(identity).swap(template)
+    again = LandmarkWarpEngine().start_stream(carried).swap(template)
+
+    assert np.array_equal(first.image, again.image)
+    source = _decode_source_face(carried.state)
+    assert source.landmarks.shape == (68, 2)
+    assert max(source.image.shape[:2]) <= 256
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _corruptions(state: bytes) -> dict[str, bytes]:
+    archive = dict(np.load(io.BytesIO(state), allow_pickle=False))
+    middle = len(state) // 2
+    return {
+        "empty": b"",
+        "truncated": state[: len(state) // 3],
+        "random": np.random.default_rng(7).bytes(len(state)),
+        "flipped": state[:middle] + bytes(b ^ 0xFF for b in state[middle : middle + 64])
+        + state[middle + 64 :],
+        "pickled": _npz(**{**archive, "landmarks": np.array([{"x": 1}], dtype=object)}),
+        "bad_png": _npz(**{**archive, "crop_png": np.zeros(100, dtype=np.uint8)}),
+        "bad_landmarks": _npz(**{**archive, "landmarks": np.zeros((5, 2), dtype=np.float32)}),
+        "nan_landmarks": _npz(
+            **{**archive, "landmarks": np.full((68, 2), np.nan, dtype=np.float32)}
+        ),
+        "missing_field": _npz(format_version=archive["format_version"]),
+        "other_version": _npz(**{**archive, "format_version": np.array(99)}),
+    }
+
+
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        "empty",
+        "truncated",
+        "random",
+        "flipped",
+        "pickled",
+        "bad_png",
+        "bad_landmarks",
+        "nan_landmarks",
+        "missing_field",
+        "other_version",
+    ],
+)
+def test_corrupt_identity_state_is_invalid_input(engine, identity, corruption):
+    broken = replace(identity, state=_corruptions(identity.state)[corruption])
+    with pytest.raises(InvalidInput):
+        engine.start_stream(broken)
+
+
+def test_identity_from_another_engine_is_invalid_input(engine, identity):
+    with pytest.raises(InvalidInput, match="landmark_warp"):
+        engine.start_stream(replace(identity, engine="simswap"))
+
+
+def test_swapped_face_moves_smoothly_with_the_head(engine, identity):
+    template = template_frame("far_right")
+    steps = range(12)
+    # 1.5 px right and 0.75 px down per frame: the detector's own boxes move in jumps of
+    # ~17 px (its scale pyramid), the swapped face must not.
+    frames = [shifted(template, 1.5 * step, 0.75 * step) for step in steps]
+    swapper = engine.start_stream(identity)
+
+    results = [swapper.swap(frame) for frame in frames]
+
+    assert all(result.face_found for result in results)
+    boxes = np.array([result.face_box for result in results], dtype=float)
+    moves = np.diff(boxes[:, :2], axis=0)
+    print("per-frame box moves (x, y):", moves.tolist())
+    assert np.all(np.abs(moves[:, 0] - 1.5) <= 2.5), "horizontal motion is smooth"
+    assert np.all(np.abs(moves[:, 1] - 0.75) <= 2.5), "vertical motion is smooth"
+    assert np.all(np.abs(np.diff(boxes[:, 2:], axis=0)) <= 2), "the face does not pulse"
+    assert boxes[-1, 0] - boxes[0, 0] == pytest.approx(16.5, abs=4)
+
+
+def _still_face_with_noise(frames: int, noise_px: float) -> list[np.ndarray]:
+    face = default_analyzer().primary_face(data.astronaut())
+    rng = np.random.default_rng(3)
+    return [face.landmarks + rng.normal(0, noise_px, face.landmarks.shape) for _ in range(frames)]
+
+
+def test_smoother_calms_jitter_of_a_still_face():
+    noisy = _still_face_with_noise(30, noise_px=1.5)
+    smoother = LandmarkSmoother()
+
+    smoothed = np.array([smoother.update(points.astype(np.float32)) for points in noisy])
+
+    raw_spread = np.array(noisy)[10:].std(axis=0).mean()
+    smoothed_spread = smoothed[10:].std(axis=0).mean()
+    print(f"landmark jitter {raw_spread:.2f} px -> {smoothed_spread:.2f} px")
+    assert smoothed_spread < 0.6 * raw_spread
+
+
+def test_smoother_follows_a_moving_face_and_resets_on_a_cut():
+    still = _still_face_with_noise(1, noise_px=0.0)[0].astype(np.float32)
+    smoother = LandmarkSmoother()
+    for step in range(20):  # 4 px per frame, a quick head turn at 12 fps
+        smoothed = smoother.update(still + np.float32([4.0 * step, 0.0]))
+    lag = (still[:, 0] + 4.0 * 19 - smoothed[:, 0]).mean()
+    assert 0 <= lag < 4.0, f"the face trails the head by {lag:.1f} px"
+
+    elsewhere = still + np.float32([200.0, 50.0])  # a cut: the face is somewhere else at once
+    assert np.allclose(smoother.update(elsewhere), elsewhere)
+
+
+@pytest.mark.parametrize(
+    ("dx", "dy"), [(-120, 0), (110, 0), (0, -110), (0, 120), (150, 150)]
+)
+def test_faces_partly_outside_the_frame_never_break_the_stream(engine, identity, dx, dy):
+    frame = shifted(template_frame("far_right"), dx, dy)
+    swapped = engine.start_stream(identity).swap(frame)
+
+    assert swapped.image.shape == frame.shape and swapped.image.dtype == np.uint8
+    if swapped.face_found:
+        x, y, width, height = swapped.face_box
+        assert x >= 0 and y >= 0 and x + width <= frame.shape[1] and y + height <= frame.shape[0]
+    else:
+        assert np.array_equal(swapped.image, frame)
+
+
+@pytest.mark.parametrize("side", [1, 16, 48, 80])
+def test_tiny_frames_never_break_the_stream(engine, identity, side):
+    frame = cv2.resize(template_frame("far_right"), (side, side), interpolation=cv2.INTER_AREA)
+    swapped = engine.start_stream(identity).swap(frame)
+    assert swapped.image.shape == frame.shape
+    if not swapped.face_found:
+        assert np.array_equal(swapped.image, frame)
+
+
+def test_one_frame_swaps_in_well_under_100_ms(engine, identity):
+    template = template_frame("far_right")
+    swapper = engine.start_stream(identity)
+    swapper.swap(template)  # first call pays one-off allocations
+
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        swapper.swap(template)
+        timings.append(time.perf_counter() - started)
+    median_ms = 1000 * float(np.median(timings))
+    print(f"one {TEMPLATE_SIDE} px frame: {median_ms:.1f} ms (median of 5)")
+    assert median_ms < 100
+
+
+def test_engine_is_picked_by_name():
+    engine = create_engine("landmark_warp")
+    assert isinstance(engine, LandmarkWarpEngine)
+    assert isinstance(engine, FaceSwapEngine)
+    assert all(name == engine_class.name for name, engine_class in ENGINES.items())
+
+
+def test_unknown_engine_name_lists_the_known_ones():
+    with pytest.raises(InvalidInput, match="landmark_warp"):
+        create_engine("deepfake9000")
+
+
+def test_source_face_keeps_the_photo_crop_small(identity):
+    source = _decode_source_face(identity.state)
+    assert isinstance(source, SourceFace)
+    height, width = source.image.shape[:2]
+    assert source.landmarks[:, 0].min() >= 0 and source.landmarks[:, 0].max() <= width
+    assert source.landmarks[:, 1].min() >= 0 and source.landmarks[:, 1].max() <= height
