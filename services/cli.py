@@ -83,7 +83,8 @@ def run_gif(client: RemindClient, face: Path, template: str, output: Path, engin
     output.write_bytes(client.download(job.result.media))
     console.print(
         f"{job.name}: {job.result.frames_with_face}/{job.result.frames_total} frames "
-        f"had a face; engine {job.result.engines.get('faceswap', '?')}"
+        f"had a face; engine {job.result.engines.get('faceswap', '?')}",
+        soft_wrap=True,
     )
     return output
 

@@ -6,11 +6,11 @@ from services.faceswap.engines.base import FaceSwapEngine
 from services.faceswap.engines.landmark_warp import LandmarkWarpEngine
 from services.shared.errors import InvalidInput
 
+# Best first: "auto" resolves to the first engine in this order that loaded.
 ENGINES: dict[str, type[FaceSwapEngine]] = {
-    LandmarkWarpEngine.name: LandmarkWarpEngine,
+    "landmark_warp": LandmarkWarpEngine,
 }
-# What `auto` picks: the first engine in this list that loaded.
-PREFERENCE: list[str] = [LandmarkWarpEngine.name]
+PREFERENCE: tuple[str, ...] = tuple(ENGINES)
 
 
 def create_engine(name: str) -> FaceSwapEngine:
@@ -18,5 +18,5 @@ def create_engine(name: str) -> FaceSwapEngine:
     engine_class = ENGINES.get(name)
     if engine_class is None:
         known = ", ".join(sorted(ENGINES))
-        raise InvalidInput(f"Unknown face swap engine '{name}': choose one of {known}.")
+        raise InvalidInput(f"Unknown face swap engine {name!r}: choose one of {known}.")
     return engine_class()
