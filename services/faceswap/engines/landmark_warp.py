@@ -1,9 +1,13 @@
 """The embedded face swap engine: dlib landmarks and a piecewise-affine warp, no weights to fetch.
 
-Per frame: find the main face, smooth its landmarks over time, warp the photo's face onto them
-triangle by triangle, match its colours to the frame's skin in LAB, and blend it in through a
-feathered mask. It keeps the template's head shape, hair and lighting and brings the photo's
-eyes, brows, nose and mouth.
+Per frame: find the main face, smooth its landmarks over time, move them part way toward the
+photo's face proportions, warp the photo's face onto them triangle by triangle, match its
+colours to the frame's skin in LAB, and blend it in through a feathered mask. The template
+keeps its head outline, hair and lighting; the photo brings its eyes, brows, nose and mouth.
+
+Blending is a feathered alpha mask rather than Poisson cloning (cv2.seamlessClone): cloning
+dragged the template's bright eyelids into the pasted eyes, weakened the identity and cost a
+third more per frame, while skin-matched colours under a wide feather leave no visible seam.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ BROW_LIFT_SCALE = 1.12
 # Mask erosion and feather, as fractions of the face size (landmarks' larger extent).
 MASK_EROSION = 0.04
 MASK_FEATHER = 0.08
-# LAB colour transfer: per-channel std ratio bounds, so a flat or noisy patch cannot blow up.
+# LAB colour transfer: bounds on the per-channel std ratio. A clean photo next to a compressed
+# frame would otherwise have its colour spread doubled, which turns shading folds red.
 STD_RATIO_RANGE = (0.5, 1.2)
 # The colour statistics are taken on skin only: eyes and lips grown by this factor around
 # their centre, and brows as strokes this thick (fraction of face size), are left out, since
@@ -68,9 +73,10 @@ MIN_TRIANGLE_AREA_RATIO = 0.2
 # Faces smaller than this (px) cannot carry the features; such frames pass through unchanged.
 MIN_FACE_SIDE = 24
 
-# Temporal smoothing: a One Euro filter (Casiez et al., CHI 2012) over all landmarks at once,
-# so the face shape stays rigid. Units are per frame and per face size, so the same tuning
-# works at any frame rate and resolution: still faces are smoothed hard, moving faces followed.
+# Temporal smoothing: a One Euro filter (Casiez et al., CHI 2012) with one rate for all
+# landmarks, so they move together and the face keeps its shape. Units are per frame and per
+# face size, so the same tuning works at any resolution: still faces are smoothed hard (the
+# detector's jitter is ~0.4 px per point on re-encoded frames), moving faces are followed.
 SMOOTHING_MIN_CUTOFF = 0.08  # cycles per frame when the face is still
 SMOOTHING_BETA = 12.0  # how fast the cutoff rises with speed (face sizes per frame)
 SMOOTHING_SPEED_CUTOFF = 0.3
