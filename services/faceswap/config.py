@@ -14,6 +14,9 @@ class FaceSwapSettings(ServerSettings):
     max_photo_pixels: int = 40_000_000
     # Template frames are at most 1080p.
     max_frame_pixels: int = 1920 * 1080
+    # Frames of one stream read and submitted ahead of the one being returned, so that
+    # batching engines can fill a batch; also bounds the memory one stream can hold.
+    frames_in_flight: int = 8
 
     @classmethod
     def load(cls) -> "FaceSwapSettings":

@@ -10,6 +10,7 @@ from services.faceswap.engines.base import FaceIdentity, FaceSwapEngine
 from services.shared import media, wire
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.observability import FRAMES
+from services.shared.streams import read_ahead
 
 
 def identity_to_proto(identity: FaceIdentity) -> faceswap_pb2.FaceIdentity:
@@ -62,15 +63,22 @@ class FaceSwapServicer(faceswap_pb2_grpc.FaceSwapServiceServicer):
         engine = self.engines.resolve(identity.engine)
         swapper = engine.start_stream(identity)
         frames_done = FRAMES.labels("faceswap", engine.name)
-        for request in request_iterator:
-            wire.require(
-                request.HasField("frame"), "Only frames may follow the config in SwapFaces."
-            )
-            frame = media.decode_image(request.frame.image.data, self.settings.max_frame_pixels)
-            swapped = swapper.swap(frame)
+
+        def submit_frames(requests: Iterator[faceswap_pb2.SwapFacesRequest]):
+            for request in requests:
+                wire.require(
+                    request.HasField("frame"), "Only frames may follow the config in SwapFaces."
+                )
+                frame = media.decode_image(request.frame.image.data, self.settings.max_frame_pixels)
+                yield request.frame.index, swapper.submit(frame)
+
+        for index, pending in read_ahead(
+            submit_frames(request_iterator), self.settings.frames_in_flight
+        ):
+            swapped = pending.result()
             frames_done.inc()
             yield faceswap_pb2.SwapFacesResponse(
-                index=request.frame.index,
+                index=index,
                 image=wire.encode(swapped.image, config.output_format),
                 face_found=swapped.face_found,
                 face_box=wire.box_to_proto(swapped.face_box),

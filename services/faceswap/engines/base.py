@@ -7,6 +7,7 @@ Data path: photo -> `prepare_identity` -> FaceIdentity (bytes the caller carries
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,6 +41,19 @@ class FrameSwapper(ABC):
     @abstractmethod
     def swap(self, frame: np.ndarray) -> SwappedFrame:
         """Put the identity's face on the main face of an RGB uint8 frame."""
+
+    def submit(self, frame: np.ndarray) -> Future[SwappedFrame]:
+        """Starts swapping the next frame of the stream; results resolve in submission order.
+
+        The servicer keeps several frames in flight, so an engine that batches forward passes
+        (across frames and across streams) overrides this; the default swaps at once.
+        """
+        future: Future[SwappedFrame] = Future()
+        try:
+            future.set_result(self.swap(frame))
+        except Exception as error:  # noqa: BLE001 - delivered to whoever waits on the result
+            future.set_exception(error)
+        return future
 
 
 class FaceSwapEngine(ABC):
