@@ -63,7 +63,7 @@ def main() -> None:
         stack = LocalStack(Path(work) / "stack", _free_base())
         info = stack.start()
         try:
-            with RemindClient(info.orchestrator_address) as client:
+            with RemindClient(info.orchestrator_address, info.api_keys["local"]) as client:
                 template = client.list_templates(1)[0]
                 job_seconds, frames = time_jobs(client, photo, template.name)
             store = ObjectStore(

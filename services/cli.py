@@ -46,6 +46,17 @@ def _address() -> str:
     return f"127.0.0.1:{base + ORCHESTRATOR}"
 
 
+def _api_key() -> str:
+    if "REMIND_API_KEY" in os.environ:
+        return os.environ["REMIND_API_KEY"]
+    info = _stack().info()
+    return info.api_keys.get("local", "") if info else ""
+
+
+def _client() -> RemindClient:
+    return RemindClient(_address(), _api_key())
+
+
 def _fail(error: grpc.RpcError) -> None:
     console.print(f"[red]{error.code().name}[/red]: {error.details()}")
     raise typer.Exit(1)
@@ -97,7 +108,7 @@ def gif(
     engine: Annotated[str, typer.Option(help="Faceswap engine")] = "auto",
 ) -> None:
     """Swap the face in FACE into a GIF template."""
-    with RemindClient(_address()) as client:
+    with _client() as client:
         try:
             path = run_gif(
                 client,
@@ -114,7 +125,7 @@ def gif(
 @app.command()
 def templates() -> None:
     """List the templates."""
-    with RemindClient(_address()) as client:
+    with _client() as client:
         try:
             items = client.list_templates()
         except grpc.RpcError as error:
@@ -135,7 +146,7 @@ def templates() -> None:
 @app.command()
 def jobs(limit: int = 20) -> None:
     """List recent jobs, newest first."""
-    with RemindClient(_address()) as client:
+    with _client() as client:
         try:
             items = client.list_jobs(limit)
         except grpc.RpcError as error:
@@ -184,7 +195,7 @@ def demo(
         output_dir.mkdir(parents=True, exist_ok=True)
         face = output_dir / "face.png"
         face.write_bytes(media.encode_image(sample_face_photo(), "png"))
-        with RemindClient(_address()) as client:
+        with _client() as client:
             template = client.list_templates(1)[0].name
             console.print(f"GIF track: {face} into {template}")
             path = run_gif(client, face, template, output_dir / "result.gif", "auto")

@@ -1,5 +1,6 @@
 """A Python client for the public API, used by the CLI and the tests."""
 
+import collections
 import mimetypes
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,54 @@ from remind.v1 import template_service_pb2_grpc as templates_grpc
 UPLOAD_CHUNK_BYTES = 256 * 1024
 
 
+class _BearerKey(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <api key>` to every call."""
+
+    def __init__(self, api_key: str) -> None:
+        self.header = ("authorization", f"Bearer {api_key}")
+
+    def _with_key(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), self.header],
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(details), requests)
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", "method timeout metadata credentials wait_for_ready compression"
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
 class RemindClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, api_key: str = "") -> None:
         self.channel = grpc.insecure_channel(address)
+        if api_key:
+            self.channel = grpc.intercept_channel(self.channel, _BearerKey(api_key))
         self.jobs = jobs_grpc.JobServiceStub(self.channel)
         self.templates = templates_grpc.TemplateServiceStub(self.channel)
         self.media = media_grpc.MediaServiceStub(self.channel)

@@ -20,6 +20,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from minio import Minio
 
+from services.orchestrator.auth import key_digest
+
 DEFAULT_BASE_PORT = 18300
 # Offsets from the base port. SeaweedFS also listens on each of its ports + 10000 (gRPC).
 S3, MASTER, FILER, VOLUME, ICEBERG, ADMIN, S3_METRICS, LANCE = range(8)
@@ -33,6 +35,8 @@ class StackInfo:
     access_key: str
     secret_key: str
     pids: dict[str, int]
+    # API key per tenant, for local clients; the orchestrator holds only their digests.
+    api_keys: dict[str, str]
 
     @property
     def s3_endpoint(self) -> str:
@@ -107,10 +111,12 @@ class LocalStack:
         state_dir: Path,
         base_port: int = DEFAULT_BASE_PORT,
         extra_env: dict[str, str] | None = None,
+        tenants: tuple[str, ...] = ("local",),
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.base_port = base_port
         self.extra_env = extra_env or {}
+        self.tenants = tenants
         self.state_file = self.state_dir / "stack.json"
 
     def info(self) -> StackInfo | None:
@@ -122,16 +128,21 @@ class LocalStack:
         info = self.info()
         return bool(info and info.pids and all(pid_alive(pid) for pid in info.pids.values()))
 
-    def _credentials(self) -> tuple[str, str]:
-        """One key pair per stack directory, kept so the data stays readable across restarts."""
-        keys_file = self.state_dir / "s3-keys.json"
-        if not keys_file.exists():
-            keys_file.write_text(
-                json.dumps({"access_key": "remind-local", "secret_key": secrets.token_hex(20)})
-            )
-            keys_file.chmod(0o600)
-        keys = json.loads(keys_file.read_text())
-        return keys["access_key"], keys["secret_key"]
+    def _secrets(self) -> dict:
+        """S3 keys and API keys, made once per stack directory so data and clients keep working
+        across restarts; readable by this user only."""
+        secrets_file = self.state_dir / "secrets.json"
+        stored = json.loads(secrets_file.read_text()) if secrets_file.exists() else {}
+        stored.setdefault("access_key", "remind-local")
+        stored.setdefault("secret_key", secrets.token_hex(20))
+        api_keys = stored.setdefault("api_keys", {})
+        for tenant in self.tenants:
+            api_keys.setdefault(tenant, f"rmk_{secrets.token_urlsafe(24)}")
+        secrets_file.write_text(json.dumps(stored))
+        secrets_file.chmod(0o600)
+        digests = {tenant: [key_digest(key)] for tenant, key in api_keys.items()}
+        (self.state_dir / "api-keys.json").write_text(json.dumps({"tenants": digests}))
+        return stored
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> int:
         logs = self.state_dir / "logs"
@@ -149,6 +160,7 @@ class LocalStack:
 
     def _save(self, info: StackInfo) -> None:
         self.state_file.write_text(json.dumps(asdict(info), indent=2))
+        self.state_file.chmod(0o600)
 
     def start(self) -> StackInfo:
         """Starts whatever part of the stack is not running, in dependency order."""
@@ -162,8 +174,10 @@ class LocalStack:
                 f"ports {self.base_port}..{self.base_port + 13} (and +10000) are "
                 "in use: stop the other stack (make down) or pick another base"
             )
-        access_key, secret_key = self._credentials()
-        info = StackInfo(self.base_port, access_key, secret_key, pids)
+        stored = self._secrets()
+        info = StackInfo(
+            self.base_port, stored["access_key"], stored["secret_key"], pids, stored["api_keys"]
+        )
         try:
             for name, (command, env) in self._processes(info).items():
                 if name in info.pids:
@@ -204,6 +218,7 @@ class LocalStack:
                     "REMIND_ORCHESTRATOR_PORT": str(base + ORCHESTRATOR),
                     "REMIND_ORCHESTRATOR_METRICS_PORT": str(base + ORCHESTRATOR_METRICS),
                     "REMIND_ORCHESTRATOR_FACESWAP_ADDRESS": info.faceswap_address,
+                    "REMIND_ORCHESTRATOR_API_KEYS_FILE": str(self.state_dir / "api-keys.json"),
                 },
             ),
         }

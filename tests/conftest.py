@@ -15,7 +15,7 @@ from services.shared.storage import ObjectStore
 from services.stack import LocalStack, StackInfo, ports_free
 
 
-def _free_base_port() -> int:
+def free_base_port() -> int:
     for _ in range(50):
         base = random.randrange(20000, 30000, 20)
         if ports_free(base):
@@ -23,9 +23,13 @@ def _free_base_port() -> int:
     raise RuntimeError("no free port range for the test stack")
 
 
+# "local" is every test's own tenant; the others prove tenants cannot reach each other.
+TENANTS = ("local", "acme", "globex")
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("stack"), _free_base_port())
+    local = LocalStack(tmp_path_factory.mktemp("stack"), free_base_port(), tenants=TENANTS)
     local.start()
     yield local
     local.stop()
@@ -41,7 +45,7 @@ def stack_info(stack: LocalStack) -> StackInfo:
 @pytest.fixture
 def client(stack: LocalStack, stack_info: StackInfo) -> Iterator[RemindClient]:
     stack.start()  # brings back anything a previous test stopped on purpose
-    with RemindClient(stack_info.orchestrator_address) as remind:
+    with RemindClient(stack_info.orchestrator_address, stack_info.api_keys["local"]) as remind:
         yield remind
 
 

@@ -17,7 +17,7 @@ RESULTS_BUCKET, TEMPLATES_BUCKET = "remind-results", "remind-templates"
 
 @pytest.fixture(scope="module")
 def finished_job(stack: LocalStack, user_photo: np.ndarray) -> tuple[jobs_pb2.Job, list]:
-    with RemindClient(stack.info().orchestrator_address) as client:
+    with RemindClient(stack.info().orchestrator_address, stack.info().api_keys["local"]) as client:
         photo = client.upload(media.encode_image(user_photo, "png"), "me.png")
         template = client.list_templates(templates_pb2.TEMPLATE_KIND_GIF)[0]
         job = client.create_gif_job(photo.name, template.name)
@@ -88,7 +88,7 @@ def test_job_record_survives_an_orchestrator_restart(finished_job, stack: LocalS
     job, _ = finished_job
     stack.stop("orchestrator")
     stack.start()
-    with RemindClient(stack.info().orchestrator_address) as client:
+    with RemindClient(stack.info().orchestrator_address, stack.info().api_keys["local"]) as client:
         again = client.get_job(job.name)
         assert again.state == jobs_pb2.JOB_STATE_SUCCEEDED
         assert again.result.media == job.result.media

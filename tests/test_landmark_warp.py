@@ -163,7 +163,8 @@ def _corruptions(state: bytes) -> dict[str, bytes]:
         "empty": b"",
         "truncated": state[: len(state) // 3],
         "random": np.random.default_rng(7).bytes(len(state)),
-        "flipped": state[:middle] + bytes(b ^ 0xFF for b in state[middle : middle + 64])
+        "flipped": state[:middle]
+        + bytes(b ^ 0xFF for b in state[middle : middle + 64])
         + state[middle + 64 :],
         "pickled": _npz(**{**archive, "landmarks": np.array([{"x": 1}], dtype=object)}),
         "bad_png": _npz(**{**archive, "crop_png": np.zeros(100, dtype=np.uint8)}),
@@ -261,9 +262,7 @@ def test_smoother_follows_a_moving_face_and_resets_on_a_cut():
     assert np.allclose(smoother.update(elsewhere), elsewhere)
 
 
-@pytest.mark.parametrize(
-    ("dx", "dy"), [(-120, 0), (110, 0), (0, -110), (0, 120), (150, 150)]
-)
+@pytest.mark.parametrize(("dx", "dy"), [(-120, 0), (110, 0), (0, -110), (0, 120), (150, 150)])
 def test_faces_partly_outside_the_frame_never_break_the_stream(engine, identity, dx, dy):
     frame = shifted(template_frame("far_right"), dx, dy)
     swapped = engine.start_stream(identity).swap(frame)

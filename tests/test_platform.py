@@ -30,6 +30,10 @@ def _grpcurl(*args: str) -> str:
     return done.stdout
 
 
+def _bearer(stack_info: StackInfo) -> list[str]:
+    return ["-H", f"authorization: Bearer {stack_info.api_keys['local']}"]
+
+
 @pytest.mark.parametrize("service", ["orchestrator", "faceswap"])
 def test_health_is_serving(stack_info: StackInfo, service: str):
     address = getattr(stack_info, f"{service}_address")
@@ -50,7 +54,11 @@ def test_grpcurl_lists_and_describes_through_reflection(stack_info: StackInfo):
     assert "rpc WatchJob" in described
     templates = json.loads(
         _grpcurl(
-            "-d", "{}", stack_info.orchestrator_address, "remind.v1.TemplateService/ListTemplates"
+            *_bearer(stack_info),
+            "-d",
+            "{}",
+            stack_info.orchestrator_address,
+            "remind.v1.TemplateService/ListTemplates",
         )
     )
     assert len(templates["templates"]) >= 3
@@ -58,7 +66,13 @@ def test_grpcurl_lists_and_describes_through_reflection(stack_info: StackInfo):
 
 
 def test_metrics_endpoints_count_rpcs(stack_info: StackInfo):
-    _grpcurl("-d", "{}", stack_info.orchestrator_address, "remind.v1.TemplateService/ListTemplates")
+    _grpcurl(
+        *_bearer(stack_info),
+        "-d",
+        "{}",
+        stack_info.orchestrator_address,
+        "remind.v1.TemplateService/ListTemplates",
+    )
     for service in ("orchestrator", "faceswap"):
         text = urllib.request.urlopen(stack_info.metrics_url(service), timeout=10).read().decode()
         assert "remind_rpcs_total" in text

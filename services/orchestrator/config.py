@@ -13,8 +13,10 @@ class OrchestratorSettings(ServerSettings):
     templates_bucket: str = "remind-templates"
     results_bucket: str = "remind-results"
     records_bucket: str = "remind-records"
-    # Every caller is this tenant until per-tenant API keys are configured.
-    tenant: str = "local"
+    # JSON file of API key digests per tenant (see auth.py). Empty: auth off, and every
+    # caller is `open_tenant` (a developer's own machine only).
+    api_keys_file: str = ""
+    open_tenant: str = "local"
     max_upload_bytes: int = 50 * 1024 * 1024
     max_chunk_bytes: int = 1024 * 1024
     max_photo_pixels: int = 40_000_000

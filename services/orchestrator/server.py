@@ -1,6 +1,7 @@
 """Runs the orchestrator (the public API): `python -m services.orchestrator.server`."""
 
 import logging
+from pathlib import Path
 
 import grpc
 from remind.v1 import (
@@ -12,12 +13,13 @@ from remind.v1 import (
     template_service_pb2_grpc,
 )
 
+from services.orchestrator.auth import ApiKeys, AuthInterceptor
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.faceswap_client import FaceSwapClient
 from services.orchestrator.gif_job import GifJobRunner
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary
-from services.orchestrator.servicer import JobServicer, MediaServicer, TemplateServicer, Tenancy
+from services.orchestrator.servicer import JobServicer, MediaServicer, TemplateServicer
 from services.orchestrator.template_library import TemplateLibrary
 from services.shared.observability import configure_logging
 from services.shared.server import RunningServer, serve_until_signalled, start_server
@@ -49,19 +51,18 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     faceswap = FaceSwapClient(
         settings.faceswap_address, settings.max_message_bytes, settings.stage_timeout_seconds
     )
-    tenancy = Tenancy(settings)
     gif_runner = GifJobRunner(media_library, templates, faceswap)
 
     def add_servicers(server: grpc.Server) -> list[str]:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(board, media_library, templates, faceswap, gif_runner, tenancy, settings),
+            JobServicer(board, media_library, templates, faceswap, gif_runner, settings),
             server,
         )
         template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
-            TemplateServicer(templates, tenancy), server
+            TemplateServicer(templates), server
         )
         media_service_pb2_grpc.add_MediaServiceServicer_to_server(
-            MediaServicer(media_library, tenancy, settings), server
+            MediaServicer(media_library, settings), server
         )
         return [
             _full_name(job_service_pb2, "JobService"),
@@ -69,7 +70,8 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
             _full_name(media_service_pb2, "MediaService"),
         ]
 
-    running = start_server(settings, add_servicers)
+    keys = ApiKeys.from_file(Path(settings.api_keys_file)) if settings.api_keys_file else None
+    running = start_server(settings, add_servicers, [AuthInterceptor(keys, settings.open_tenant)])
     running.on_stop.extend([board.shutdown, faceswap.close])
     return running
 

@@ -12,6 +12,7 @@ from remind.v1 import media_service_pb2_grpc as media_grpc
 from remind.v1 import template_service_pb2 as templates_pb2
 from remind.v1 import template_service_pb2_grpc as templates_grpc
 
+from services.orchestrator.auth import current_tenant
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.faceswap_client import FaceSwapClient
 from services.orchestrator.gif_job import GifJobInput, GifJobRunner
@@ -22,16 +23,6 @@ from services.shared import errors, wire
 
 KIND_NAMES = {templates_pb2.TEMPLATE_KIND_GIF: GIF, templates_pb2.TEMPLATE_KIND_VIDEO: VIDEO}
 KIND_VALUES = {name: value for value, name in KIND_NAMES.items()}
-
-
-class Tenancy:
-    """Says which tenant a call acts for; every storage key and job is scoped by it."""
-
-    def __init__(self, settings: OrchestratorSettings) -> None:
-        self.default_tenant = settings.tenant
-
-    def of(self, context: grpc.ServicerContext) -> str:
-        return self.default_tenant
 
 
 def _timestamp(value: datetime.datetime | str) -> timestamp_pb2.Timestamp:
@@ -75,7 +66,6 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         templates: TemplateLibrary,
         faceswap: FaceSwapClient,
         gif_runner: GifJobRunner,
-        tenancy: Tenancy,
         settings: OrchestratorSettings,
     ) -> None:
         self.board = board
@@ -83,7 +73,6 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         self.templates = templates
         self.faceswap = faceswap
         self.gif_runner = gif_runner
-        self.tenancy = tenancy
         self.settings = settings
 
     def _with_url(self, tenant: str, job: jobs_pb2.Job) -> jobs_pb2.Job:
@@ -95,7 +84,7 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     def CreateGifJob(
         self, request: jobs_pb2.CreateGifJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.CreateGifJobResponse:
-        tenant = self.tenancy.of(context)
+        tenant = current_tenant()
         wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
         wire.require(bool(request.template), "template is required, e.g. templates/office-sway.")
         template = self.templates.get(tenant, request.template)
@@ -125,7 +114,7 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
-        tenant = self.tenancy.of(context)
+        tenant = current_tenant()
         return jobs_pb2.GetJobResponse(
             job=self._with_url(tenant, self.board.get(tenant, request.name))
         )
@@ -133,33 +122,32 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[jobs_pb2.WatchJobResponse]:
-        tenant = self.tenancy.of(context)
+        tenant = current_tenant()
         for job in self.board.watch(tenant, request.name, context.is_active):
             yield jobs_pb2.WatchJobResponse(job=self._with_url(tenant, job))
 
     def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
-        tenant = self.tenancy.of(context)
+        tenant = current_tenant()
         return jobs_pb2.CancelJobResponse(job=self.board.cancel(tenant, request.name))
 
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        tenant = self.tenancy.of(context)
+        tenant = current_tenant()
         jobs, next_token = self.board.list(tenant, request.page_size, request.page_token)
         return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=next_token)
 
 
 class TemplateServicer(templates_grpc.TemplateServiceServicer):
-    def __init__(self, templates: TemplateLibrary, tenancy: Tenancy) -> None:
+    def __init__(self, templates: TemplateLibrary) -> None:
         self.templates = templates
-        self.tenancy = tenancy
 
     def ListTemplates(
         self, request: templates_pb2.ListTemplatesRequest, context: grpc.ServicerContext
     ) -> templates_pb2.ListTemplatesResponse:
-        records = self.templates.list(self.tenancy.of(context), KIND_NAMES.get(request.kind))
+        records = self.templates.list(current_tenant(), KIND_NAMES.get(request.kind))
         return templates_pb2.ListTemplatesResponse(
             templates=[template_to_proto(record) for record in records]
         )
@@ -167,31 +155,28 @@ class TemplateServicer(templates_grpc.TemplateServiceServicer):
     def GetTemplate(
         self, request: templates_pb2.GetTemplateRequest, context: grpc.ServicerContext
     ) -> templates_pb2.GetTemplateResponse:
-        record = self.templates.get(self.tenancy.of(context), request.name)
+        record = self.templates.get(current_tenant(), request.name)
         return templates_pb2.GetTemplateResponse(template=template_to_proto(record))
 
     def CreateTemplate(
         self, request: templates_pb2.CreateTemplateRequest, context: grpc.ServicerContext
     ) -> templates_pb2.CreateTemplateResponse:
         record = self.templates.create(
-            self.tenancy.of(context), request.media, request.template_id, request.display_name
+            current_tenant(), request.media, request.template_id, request.display_name
         )
         return templates_pb2.CreateTemplateResponse(template=template_to_proto(record))
 
 
 class MediaServicer(media_grpc.MediaServiceServicer):
-    def __init__(
-        self, media_library: MediaLibrary, tenancy: Tenancy, settings: OrchestratorSettings
-    ) -> None:
+    def __init__(self, media_library: MediaLibrary, settings: OrchestratorSettings) -> None:
         self.media_library = media_library
-        self.tenancy = tenancy
         self.settings = settings
 
     def CreateUpload(
         self, request: media_pb2.CreateUploadRequest, context: grpc.ServicerContext
     ) -> media_pb2.CreateUploadResponse:
         upload, put_url, expires = self.media_library.create_upload(
-            self.tenancy.of(context), request.content_type, request.filename, request.size_bytes
+            current_tenant(), request.content_type, request.filename, request.size_bytes
         )
         return media_pb2.CreateUploadResponse(
             upload=upload,
@@ -204,14 +189,14 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         self, request: media_pb2.AppendUploadRequest, context: grpc.ServicerContext
     ) -> media_pb2.AppendUploadResponse:
         received = self.media_library.append_upload(
-            self.tenancy.of(context), request.upload, request.offset, request.data
+            current_tenant(), request.upload, request.offset, request.data
         )
         return media_pb2.AppendUploadResponse(received_bytes=received)
 
     def FinishUpload(
         self, request: media_pb2.FinishUploadRequest, context: grpc.ServicerContext
     ) -> media_pb2.FinishUploadResponse:
-        record = self.media_library.finish_upload(self.tenancy.of(context), request.upload)
+        record = self.media_library.finish_upload(current_tenant(), request.upload)
         return media_pb2.FinishUploadResponse(media=media_to_proto(record))
 
     def UploadMedia(
@@ -231,20 +216,20 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                 yield request.chunk
 
         record = self.media_library.upload_stream(
-            self.tenancy.of(context), first.metadata.content_type, first.metadata.filename, chunks()
+            current_tenant(), first.metadata.content_type, first.metadata.filename, chunks()
         )
         return media_pb2.UploadMediaResponse(media=media_to_proto(record))
 
     def GetMedia(
         self, request: media_pb2.GetMediaRequest, context: grpc.ServicerContext
     ) -> media_pb2.GetMediaResponse:
-        record = self.media_library.get(self.tenancy.of(context), request.name)
+        record = self.media_library.get(current_tenant(), request.name)
         return media_pb2.GetMediaResponse(media=media_to_proto(record))
 
     def DownloadMedia(
         self, request: media_pb2.DownloadMediaRequest, context: grpc.ServicerContext
     ) -> Iterator[media_pb2.DownloadMediaResponse]:
-        record = self.media_library.get(self.tenancy.of(context), request.name)
+        record = self.media_library.get(current_tenant(), request.name)
         metadata = media_to_proto(record)
         for chunk in self.media_library.read_chunks(record):
             yield media_pb2.DownloadMediaResponse(media=metadata, chunk=chunk)
@@ -253,6 +238,6 @@ class MediaServicer(media_grpc.MediaServiceServicer):
     def GetMediaUrl(
         self, request: media_pb2.GetMediaUrlRequest, context: grpc.ServicerContext
     ) -> media_pb2.GetMediaUrlResponse:
-        record = self.media_library.get(self.tenancy.of(context), request.name)
+        record = self.media_library.get(current_tenant(), request.name)
         url, expires = self.media_library.url(record)
         return media_pb2.GetMediaUrlResponse(url=url, expire_time=_timestamp(expires))

@@ -35,3 +35,7 @@ class Unavailable(RemindError):
 
 class EngineNotReady(RemindError):
     """An engine cannot serve: weights missing or invalid."""
+
+
+class Unauthenticated(RemindError):
+    """No credentials, or credentials that match no tenant."""

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[errors.RemindError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.EngineNotReady: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 ERROR_BY_STATUS: dict[grpc.StatusCode, type[errors.RemindError]] = {

@@ -66,11 +66,14 @@ class RunningServer:
 def start_server(
     settings: ServerSettings,
     add_servicers: Callable[[grpc.Server], Iterable[str]],
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> RunningServer:
     """Starts a server; `add_servicers` registers the servicers and returns their full names."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-        interceptors=[MetricsInterceptor(), StatusInterceptor()],
+        # Outermost first: metrics see the final status, which StatusInterceptor sets for any
+        # domain error raised by the handler or by the interceptors after it (e.g. auth).
+        interceptors=[MetricsInterceptor(), StatusInterceptor(), *interceptors],
         options=message_options(settings.max_message_bytes),
         maximum_concurrent_rpcs=settings.max_workers * 4,
     )
