@@ -1,5 +1,6 @@
 """The GIF track end to end through the real stack: S3, faceswap and orchestrator processes."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,16 @@ def test_result_is_stored_under_a_tenant_scoped_key(finished_job, store: ObjectS
     job_id = job.name.split("/")[1]
     keys = store.list_keys(RESULTS_BUCKET, f"local/{job_id}/")
     assert len(keys) == 1 and keys[0].endswith(".gif")
+
+
+def test_the_job_id_traces_the_job_through_the_faceswap_service(finished_job, stack: LocalStack):
+    job, _ = finished_job
+    job_id = job.name.split("/")[1]
+    lines = (stack.state_dir / "logs" / "faceswap.log").read_text().splitlines()
+    traced = [json.loads(line) for line in lines if job_id in line]
+    assert any(
+        entry.get("trace_id") == job_id and "swapped" in entry["message"] for entry in traced
+    )
 
 
 def test_job_record_survives_an_orchestrator_restart(finished_job, stack: LocalStack):

@@ -1,5 +1,6 @@
 """FaceSwapService: protobuf in, engine calls, protobuf out. No model code here."""
 
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -11,6 +12,8 @@ from services.shared import media, wire
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.observability import FRAMES
 from services.shared.streams import read_ahead
+
+log = logging.getLogger(__name__)
 
 
 def identity_to_proto(identity: FaceIdentity) -> faceswap_pb2.FaceIdentity:
@@ -72,11 +75,14 @@ class FaceSwapServicer(faceswap_pb2_grpc.FaceSwapServiceServicer):
                 frame = media.decode_image(request.frame.image.data, self.settings.max_frame_pixels)
                 yield request.frame.index, swapper.submit(frame)
 
+        frames, with_face = 0, 0
         for index, pending in read_ahead(
             submit_frames(request_iterator), self.settings.frames_in_flight
         ):
             swapped = pending.result()
             frames_done.inc()
+            frames += 1
+            with_face += swapped.face_found
             yield faceswap_pb2.SwapFacesResponse(
                 index=index,
                 image=wire.encode(swapped.image, config.output_format),
@@ -84,6 +90,7 @@ class FaceSwapServicer(faceswap_pb2_grpc.FaceSwapServiceServicer):
                 face_box=wire.box_to_proto(swapped.face_box),
                 engine=engine.name,
             )
+        log.info("swapped %d frames with %s, %d with a face", frames, engine.name, with_face)
 
     def ListFaceSwapEngines(
         self, request: faceswap_pb2.ListFaceSwapEnginesRequest, context: grpc.ServicerContext

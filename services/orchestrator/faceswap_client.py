@@ -7,6 +7,7 @@ from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
 
 from services.shared.grpc_status import error_from_rpc
 from services.shared.server import message_options
+from services.shared.tracing import trace_metadata
 
 FRAME_FORMAT = media_pb2.IMAGE_FORMAT_PNG  # lossless: the GIF encoder quantises once, at the end
 
@@ -22,7 +23,9 @@ class FaceSwapClient:
             photo=media_pb2.EncodedImage(data=photo), engine=engine
         )
         try:
-            return self.stub.PrepareIdentity(request, timeout=60).identity
+            return self.stub.PrepareIdentity(
+                request, timeout=60, metadata=trace_metadata()
+            ).identity
         except grpc.RpcError as error:
             raise error_from_rpc(error, "The faceswap service") from None
 
@@ -47,7 +50,7 @@ class FaceSwapClient:
                     )
                 )
 
-        call = self.stub.SwapFaces(requests(), timeout=self.timeout)
+        call = self.stub.SwapFaces(requests(), timeout=self.timeout, metadata=trace_metadata())
         try:
             yield from call
         except grpc.RpcError as error:

@@ -19,6 +19,7 @@ from services.orchestrator.config import OrchestratorSettings
 from services.shared import errors
 from services.shared.grpc_status import status_for
 from services.shared.storage import ObjectStore
+from services.shared.tracing import set_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class JobBoard:
         return self.snapshot(live)
 
     def _run(self, live: _LiveJob, work: JobWork) -> None:
+        set_trace_id(live.job.name.removeprefix(JOB_PREFIX))  # this pool thread's current job
         try:
             if live.cancel.is_set():
                 raise JobCancelled()

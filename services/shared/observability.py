@@ -11,6 +11,7 @@ import grpc
 from prometheus_client import Counter, Histogram, start_http_server
 
 from services.shared.handlers import wrap_handler
+from services.shared.tracing import current_trace_id
 
 RPCS = Counter("remind_rpcs_total", "RPCs handled", ["service", "method", "code"])
 RPC_SECONDS = Histogram(
@@ -35,6 +36,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        trace_id = current_trace_id()
+        if trace_id:
+            entry["trace_id"] = trace_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from services.shared.grpc_status import StatusInterceptor
 from services.shared.observability import MetricsInterceptor, start_metrics_endpoint
 from services.shared.settings import ServerSettings
+from services.shared.tracing import TraceInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def start_server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
         # Outermost first: metrics see the final status, which StatusInterceptor sets for any
         # domain error raised by the handler or by the interceptors after it (e.g. auth).
-        interceptors=[MetricsInterceptor(), StatusInterceptor(), *interceptors],
+        interceptors=[MetricsInterceptor(), TraceInterceptor(), StatusInterceptor(), *interceptors],
         options=message_options(settings.max_message_bytes),
         maximum_concurrent_rpcs=settings.max_workers * 4,
     )
