@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from minio import Minio
 from minio.error import S3Error
 from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
+from remind.v1 import job_service_pb2 as jobs_pb2
 from skimage import data
 
 from services.shared import media
@@ -78,6 +79,18 @@ def test_metrics_endpoints_count_rpcs(stack_info: StackInfo):
         assert "remind_rpcs_total" in text
     orchestrator = urllib.request.urlopen(stack_info.metrics_url("orchestrator")).read().decode()
     assert 'method="ListTemplates"' in orchestrator
+    assert "remind_jobs_pending" in orchestrator
+    faceswap = urllib.request.urlopen(stack_info.metrics_url("faceswap")).read().decode()
+    assert 'remind_engine_ready{device="cpu",engine="landmark_warp"} 1.0' in faceswap
+
+
+def test_job_stages_are_timed_in_metrics(stack_info: StackInfo, client, user_photo):
+    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    job = client.create_gif_job(face.name, client.list_templates(1)[0].name)
+    assert list(client.watch(job.name))[-1].state == jobs_pb2.JOB_STATE_SUCCEEDED
+    text = urllib.request.urlopen(stack_info.metrics_url("orchestrator")).read().decode()
+    for stage in ("preparing", "swapping_faces", "storing"):
+        assert f'remind_job_stage_seconds_count{{kind="gif",stage="{stage}"}}' in text
 
 
 def _swap_stream(stack_info: StackInfo, requests: list) -> list:

@@ -7,7 +7,7 @@ from services.faceswap.config import FaceSwapSettings
 from services.faceswap.engines.registry import ENGINES, PREFERENCE
 from services.faceswap.servicer import FaceSwapServicer
 from services.shared.engine_catalog import EngineCatalog
-from services.shared.observability import configure_logging
+from services.shared.observability import configure_logging, watch_gpu_memory
 from services.shared.server import RunningServer, serve_until_signalled, start_server
 
 
@@ -23,6 +23,7 @@ def start(settings: FaceSwapSettings) -> RunningServer:
 
     running = start_server(settings, add_servicers)
     running.on_stop.append(engines.close)
+    watch_gpu_memory()
     return running
 
 

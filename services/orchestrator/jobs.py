@@ -18,6 +18,7 @@ from remind.v1 import job_service_pb2 as jobs_pb2
 from services.orchestrator.config import OrchestratorSettings
 from services.shared import errors
 from services.shared.grpc_status import status_for
+from services.shared.observability import JOBS_PENDING, STAGE_SECONDS
 from services.shared.storage import ObjectStore
 from services.shared.tracing import set_trace_id
 
@@ -63,6 +64,22 @@ class JobContext:
         self._live = live
         self.tenant = live.tenant
         self.job_id = live.job.name[len(JOB_PREFIX) :]
+        self._stage = jobs_pb2.JOB_STAGE_UNSPECIFIED
+        self._stage_started = time.monotonic()
+
+    def _time_stage(self, stage: int) -> None:
+        """Observes how long the previous stage took, when a new one starts."""
+        now = time.monotonic()
+        if stage != self._stage:
+            if self._stage:
+                STAGE_SECONDS.labels(
+                    jobs_pb2.JobKind.Name(self._live.job.kind).removeprefix("JOB_KIND_").lower(),
+                    jobs_pb2.JobStage.Name(self._stage).removeprefix("JOB_STAGE_").lower(),
+                ).observe(now - self._stage_started)
+            self._stage, self._stage_started = stage, now
+
+    def finish(self) -> None:
+        self._time_stage(jobs_pb2.JOB_STAGE_DONE)
 
     @property
     def cancel_event(self) -> threading.Event:
@@ -76,6 +93,7 @@ class JobContext:
         self, stage: int, fraction: float, frames_done: int = 0, frames_total: int = 0
     ) -> None:
         self.check_cancelled()
+        self._time_stage(stage)
         self._board._update(
             self._live,
             lambda job: job.progress.CopyFrom(
@@ -140,6 +158,7 @@ class JobBoard:
                     f"The server already has {self._pending} jobs pending; retry in a minute."
                 )
             self._pending += 1
+            JOBS_PENDING.set(self._pending)
         job.name = JOB_PREFIX + new_job_id()
         job.state = jobs_pb2.JOB_STATE_QUEUED
         job.progress.stage = jobs_pb2.JOB_STAGE_QUEUED
@@ -151,6 +170,7 @@ class JobBoard:
         except errors.RemindError:
             with self._changed:
                 self._pending -= 1
+                JOBS_PENDING.set(self._pending)
             raise
         with self._changed:
             self._live[self._key(tenant, job.name)] = live
@@ -163,7 +183,9 @@ class JobBoard:
             if live.cancel.is_set():
                 raise JobCancelled()
             self._update(live, lambda job: setattr(job, "state", jobs_pb2.JOB_STATE_RUNNING))
-            result = work(JobContext(self, live))
+            context = JobContext(self, live)
+            result = work(context)
+            context.finish()
 
             def succeed(job: jobs_pb2.Job) -> None:
                 job.state = jobs_pb2.JOB_STATE_SUCCEEDED
@@ -189,6 +211,7 @@ class JobBoard:
         finally:
             with self._changed:
                 self._pending -= 1
+                JOBS_PENDING.set(self._pending)
                 self._forget_old_jobs()
 
     def _forget_old_jobs(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from services.shared import errors
+from services.shared.observability import ENGINE_READY
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class EngineCatalog(Generic[EngineT]):
         self._engines[name] = engine
         device = str(getattr(engine, "device", "cpu"))
         self._status[name] = EngineStatus(name, True, "", device)
+        ENGINE_READY.labels(name, device).set(1)
         log.info("engine %s ready on %s", name, device)
 
     def resolve(self, name: str) -> EngineT:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from services.shared.handlers import wrap_handler
 from services.shared.tracing import current_trace_id
@@ -21,6 +21,28 @@ RPC_SECONDS = Histogram(
     buckets=(0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
 FRAMES = Counter("remind_frames_total", "Frames processed", ["service", "engine"])
+ENGINE_READY = Gauge(
+    "remind_engine_ready", "1 when the engine loaded and can serve", ["engine", "device"]
+)
+JOBS_PENDING = Gauge("remind_jobs_pending", "Jobs queued or running in this orchestrator")
+STAGE_SECONDS = Histogram(
+    "remind_job_stage_seconds",
+    "Wall time of each job stage",
+    ["kind", "stage"],
+    buckets=(0.05, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+)
+
+
+def watch_gpu_memory() -> None:
+    """Exports the GPU memory torch holds, on machines that have CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        Gauge("remind_gpu_memory_bytes", "GPU memory allocated by torch").set_function(
+            torch.cuda.memory_allocated
+        )
 
 
 class JsonFormatter(logging.Formatter):
