@@ -14,7 +14,12 @@ FRAME_FORMAT = media_pb2.IMAGE_FORMAT_PNG  # lossless: the GIF encoder quantises
 
 class FaceSwapClient:
     def __init__(self, address: str, max_message_bytes: int, timeout_seconds: float) -> None:
-        self.channel = grpc.insecure_channel(address, options=message_options(max_message_bytes))
+        # With a `dns:///` address of a headless Service, every replica gets streams: HTTP/2
+        # connections are long-lived, so balancing happens per call on the client.
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[*message_options(max_message_bytes), ("grpc.lb_policy_name", "round_robin")],
+        )
         self.stub = faceswap_pb2_grpc.FaceSwapServiceStub(self.channel)
         self.timeout = timeout_seconds
 

@@ -72,9 +72,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def start_metrics_endpoint(port: int) -> None:
+def start_metrics_endpoint(port: int, host: str) -> None:
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)
 
 
 def _split_method(full_method: str) -> tuple[str, str]:

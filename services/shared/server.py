@@ -88,7 +88,7 @@ def start_server(
     if port == 0:
         raise RuntimeError(f"cannot listen on {settings.host}:{settings.port}")
     server.start()
-    start_metrics_endpoint(settings.metrics_port)
+    start_metrics_endpoint(settings.metrics_port, settings.host)
     running = RunningServer(
         server, health_servicer, service_names, port, settings.shutdown_grace_seconds
     )

@@ -45,6 +45,9 @@ class S3Settings:
     secret_key: str = "remind-local-secret"
     secure: bool = False
     region: str = "us-east-1"
+    # The address browsers and apps use for presigned URLs, when it differs from `endpoint`.
+    public_endpoint: str = ""
+    public_secure: bool = True
 
     @classmethod
     def load(cls) -> "S3Settings":

@@ -49,6 +49,15 @@ class ObjectStore:
             region=settings.region,
             http_client=http,
         )
+        # Presigned URLs are for clients outside the cluster: sign them for the address those
+        # clients reach (signing is local, it makes no request).
+        self.public_client = Minio(
+            settings.public_endpoint or settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            secure=settings.public_secure if settings.public_endpoint else settings.secure,
+            region=settings.region,
+        )
 
     def ensure_buckets(self, *buckets: str) -> None:
         for bucket in buckets:
@@ -151,7 +160,7 @@ class ObjectStore:
             raise _translate(error, key) from error
 
     def presigned_get(self, bucket: str, key: str, ttl: datetime.timedelta) -> str:
-        return self.client.presigned_get_object(bucket, key, expires=ttl)
+        return self.public_client.presigned_get_object(bucket, key, expires=ttl)
 
     def presigned_put(self, bucket: str, key: str, ttl: datetime.timedelta) -> str:
-        return self.client.presigned_put_object(bucket, key, expires=ttl)
+        return self.public_client.presigned_put_object(bucket, key, expires=ttl)

