@@ -1,5 +1,6 @@
-"""The local stack: a real S3 server (SeaweedFS), the faceswap service and the orchestrator,
-each its own process on 127.0.0.1. Used by `make up/down/run`, the CLI and the tests.
+"""The local stack: a real S3 server (SeaweedFS), the faceswap, voice and lipsync services,
+the orchestrator, the gRPC-web edge (Envoy) and the web client's static files, each its own
+process on 127.0.0.1. Used by `make up/down/run`, the CLI and the tests.
 
 Processes run in their own sessions and are stopped by the pids recorded in the stack's
 state file, never by name.
@@ -10,9 +11,11 @@ import os
 import secrets
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +29,14 @@ DEFAULT_BASE_PORT = 18300
 # Offsets from the base port. SeaweedFS also listens on each of its ports + 10000 (gRPC).
 S3, MASTER, FILER, VOLUME, ICEBERG, ADMIN, S3_METRICS, LANCE = range(8)
 FACESWAP, ORCHESTRATOR, FACESWAP_METRICS, ORCHESTRATOR_METRICS = 10, 11, 12, 13
+VOICE, VOICE_METRICS = 14, 15
+# The gRPC-web edge (Envoy) and the web client's static files.
+EDGE, WEB = 16, 17
+LIPSYNC, LIPSYNC_METRICS = 18, 19
+LAST_PORT = LIPSYNC_METRICS
+REPO = Path(__file__).resolve().parent.parent
+EDGE_CONFIG_TEMPLATE = REPO / "deploy" / "envoy" / "envoy.local.yaml.tmpl"
+WEB_DIST = REPO / "web" / "dist"
 READY_TIMEOUT_SECONDS = 120.0
 
 
@@ -50,8 +61,29 @@ class StackInfo:
     def faceswap_address(self) -> str:
         return f"127.0.0.1:{self.base_port + FACESWAP}"
 
+    @property
+    def voice_address(self) -> str:
+        return f"127.0.0.1:{self.base_port + VOICE}"
+
+    @property
+    def lipsync_address(self) -> str:
+        return f"127.0.0.1:{self.base_port + LIPSYNC}"
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://127.0.0.1:{self.base_port + EDGE}"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.base_port + WEB}"
+
     def metrics_url(self, service: str) -> str:
-        offset = {"faceswap": FACESWAP_METRICS, "orchestrator": ORCHESTRATOR_METRICS}[service]
+        offset = {
+            "faceswap": FACESWAP_METRICS,
+            "orchestrator": ORCHESTRATOR_METRICS,
+            "voice": VOICE_METRICS,
+            "lipsync": LIPSYNC_METRICS,
+        }[service]
         return f"http://127.0.0.1:{self.base_port + offset}/metrics"
 
     def s3_env(self) -> dict[str, str]:
@@ -63,7 +95,7 @@ class StackInfo:
 
 
 def ports_free(base_port: int) -> bool:
-    ports = [base_port + offset for offset in range(14)]
+    ports = [base_port + offset for offset in range(LAST_PORT + 1)]
     ports += [base_port + offset + 10000 for offset in (S3, MASTER, FILER, VOLUME, ADMIN)]
     for port in ports:
         with socket.socket() as probe:
@@ -171,7 +203,7 @@ class LocalStack:
         }
         if not pids and not ports_free(self.base_port):
             raise RuntimeError(
-                f"ports {self.base_port}..{self.base_port + 13} (and +10000) are "
+                f"ports {self.base_port}..{self.base_port + LAST_PORT} (and +10000) are "
                 "in use: stop the other stack (make down) or pick another base"
             )
         stored = self._secrets()
@@ -186,6 +218,10 @@ class LocalStack:
                 self._save(info)
                 if name == "s3":
                     wait_for_s3(info)
+                elif name == "edge":
+                    wait_for_http(f"{info.edge_url}/healthz", info.pids[name], name)
+                elif name == "web":
+                    wait_for_http(f"{info.web_url}/index.html", info.pids[name], name)
                 else:
                     wait_for_health(self._address(info, name), info.pids[name], name)
         except BaseException:
@@ -196,7 +232,12 @@ class LocalStack:
 
     @staticmethod
     def _address(info: StackInfo, name: str) -> str:
-        return {"faceswap": info.faceswap_address, "orchestrator": info.orchestrator_address}[name]
+        return {
+            "faceswap": info.faceswap_address,
+            "voice": info.voice_address,
+            "lipsync": info.lipsync_address,
+            "orchestrator": info.orchestrator_address,
+        }[name]
 
     def _processes(self, info: StackInfo) -> dict[str, tuple[list[str], dict[str, str]]]:
         base = self.base_port
@@ -211,6 +252,22 @@ class LocalStack:
                     "REMIND_FACESWAP_METRICS_PORT": str(base + FACESWAP_METRICS),
                 },
             ),
+            "voice": (
+                [sys.executable, "-m", "services.voice.server"],
+                {
+                    **service_env,
+                    "REMIND_VOICE_PORT": str(base + VOICE),
+                    "REMIND_VOICE_METRICS_PORT": str(base + VOICE_METRICS),
+                },
+            ),
+            "lipsync": (
+                [sys.executable, "-m", "services.lipsync.server"],
+                {
+                    **service_env,
+                    "REMIND_LIPSYNC_PORT": str(base + LIPSYNC),
+                    "REMIND_LIPSYNC_METRICS_PORT": str(base + LIPSYNC_METRICS),
+                },
+            ),
             "orchestrator": (
                 [sys.executable, "-m", "services.orchestrator.server"],
                 {
@@ -221,7 +278,32 @@ class LocalStack:
                     "REMIND_ORCHESTRATOR_API_KEYS_FILE": str(self.state_dir / "api-keys.json"),
                 },
             ),
+            "edge": (self._edge_command(), {}),
+            "web": (
+                [
+                    sys.executable,
+                    "-m",
+                    "http.server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--directory",
+                    str(WEB_DIST),
+                    str(base + WEB),
+                ],
+                {},
+            ),
         }
+
+    def _edge_command(self) -> list[str]:
+        """Envoy with the local edge config: gRPC-web + CORS in front of the orchestrator."""
+        config = self.state_dir / "envoy.yaml"
+        config.write_text(
+            string.Template(EDGE_CONFIG_TEMPLATE.read_text()).substitute(
+                LISTEN_PORT=self.base_port + EDGE, ORCHESTRATOR_PORT=self.base_port + ORCHESTRATOR
+            )
+        )
+        envoy = str(Path(sys.executable).parent / "envoy")
+        return [envoy, "-c", str(config), "--disable-hot-restart", "--log-level", "warn"]
 
     def _s3_command(self, info: StackInfo) -> list[str]:
         data = self.state_dir / "s3-data"
@@ -270,7 +352,7 @@ class LocalStack:
         info = self.info()
         if info is None:
             return
-        for process in ("orchestrator", "faceswap", "s3"):
+        for process in ("web", "edge", "orchestrator", "lipsync", "voice", "faceswap", "s3"):
             if process in info.pids and name in (None, process):
                 stop_pid(info.pids.pop(process))
         self._save(info)
@@ -289,6 +371,20 @@ def wait_for_s3(info: StackInfo) -> None:
             if not pid_alive(info.pids["s3"]) or time.monotonic() > deadline:
                 raise RuntimeError("the S3 server did not start; see its log") from None
             time.sleep(0.2)
+
+
+def wait_for_http(url: str, pid: int, name: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if not pid_alive(pid) or time.monotonic() > deadline:
+            raise RuntimeError(f"the {name} process did not become ready; see its log")
+        time.sleep(0.2)
 
 
 def wait_for_health(address: str, pid: int, name: str) -> None:

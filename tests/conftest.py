@@ -29,7 +29,13 @@ TENANTS = ("local", "acme", "globex")
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("stack"), free_base_port(), tenants=TENANTS)
+    local = LocalStack(
+        tmp_path_factory.mktemp("stack"),
+        free_base_port(),
+        # A service killed by a fault test is back within seconds; a dead one fails a job fast.
+        extra_env={"REMIND_ORCHESTRATOR_STREAM_RETRY_SECONDS": "20"},
+        tenants=TENANTS,
+    )
     local.start()
     yield local
     local.stop()

@@ -30,6 +30,8 @@ class OrchestratorSettings(ServerSettings):
     max_pending_jobs: int = 32
     # Deadline for one model-service call (a whole frame stream included).
     stage_timeout_seconds: float = 600.0
+    # How long a job keeps retrying a model service that went away mid-stream.
+    stream_retry_seconds: float = 120.0
     # How often progress is written to the job record while a job runs.
     progress_persist_seconds: float = 1.0
 

@@ -5,11 +5,12 @@ from collections.abc import Iterator
 import grpc
 from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
 
+from services.orchestrator.frame_pipeline import FRAME_FORMAT
 from services.shared.grpc_status import error_from_rpc
 from services.shared.server import message_options
 from services.shared.tracing import trace_metadata
 
-FRAME_FORMAT = media_pb2.IMAGE_FORMAT_PNG  # lossless: the GIF encoder quantises once, at the end
+PREPARE_TIMEOUT_SECONDS = 20.0
 
 
 class FaceSwapClient:
@@ -18,7 +19,13 @@ class FaceSwapClient:
         # connections are long-lived, so balancing happens per call on the client.
         self.channel = grpc.insecure_channel(
             address,
-            options=[*message_options(max_message_bytes), ("grpc.lb_policy_name", "round_robin")],
+            options=[
+                *message_options(max_message_bytes),
+                ("grpc.lb_policy_name", "round_robin"),
+                # A restarted service is found again within a second or two.
+                ("grpc.initial_reconnect_backoff_ms", 500),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
         )
         self.stub = faceswap_pb2_grpc.FaceSwapServiceStub(self.channel)
         self.timeout = timeout_seconds
@@ -28,16 +35,20 @@ class FaceSwapClient:
             photo=media_pb2.EncodedImage(data=photo), engine=engine
         )
         try:
+            # Waits for a (re)starting service to connect rather than failing at once.
             return self.stub.PrepareIdentity(
-                request, timeout=60, metadata=trace_metadata()
+                request,
+                timeout=PREPARE_TIMEOUT_SECONDS,
+                wait_for_ready=True,
+                metadata=trace_metadata(),
             ).identity
         except grpc.RpcError as error:
             raise error_from_rpc(error, "The faceswap service") from None
 
     def swap_faces(
-        self, identity: faceswap_pb2.FaceIdentity, frames: Iterator[bytes]
+        self, identity: faceswap_pb2.FaceIdentity, frames: Iterator[media_pb2.Frame]
     ) -> Iterator[faceswap_pb2.SwapFacesResponse]:
-        """Streams PNG frames through the service; responses arrive in order, one per frame.
+        """Streams frames through the service; responses arrive in order, one per frame.
 
         Frames are sent while earlier ones are still being swapped: the request iterator is
         drained by gRPC's own thread, with HTTP/2 flow control as the back-pressure. Closing
@@ -48,12 +59,8 @@ class FaceSwapClient:
             yield faceswap_pb2.SwapFacesRequest(
                 config=faceswap_pb2.SwapConfig(identity=identity, output_format=FRAME_FORMAT)
             )
-            for index, frame in enumerate(frames):
-                yield faceswap_pb2.SwapFacesRequest(
-                    frame=media_pb2.Frame(
-                        index=index, image=media_pb2.EncodedImage(data=frame, format=FRAME_FORMAT)
-                    )
-                )
+            for frame in frames:
+                yield faceswap_pb2.SwapFacesRequest(frame=frame)
 
         call = self.stub.SwapFaces(requests(), timeout=self.timeout, metadata=trace_metadata())
         try:

@@ -6,7 +6,6 @@ and each swapped frame goes into the encoder as soon as it comes back.
 """
 
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,12 @@ from remind.v1 import faceswap_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 
 from services.orchestrator.faceswap_client import FaceSwapClient
+from services.orchestrator.frame_pipeline import (
+    DeliveredFrame,
+    FramePipeline,
+    RetryPolicy,
+    template_frames,
+)
 from services.orchestrator.jobs import JobContext
 from services.orchestrator.media_library import MediaLibrary
 from services.orchestrator.template_library import TemplateLibrary, TemplateRecord
@@ -31,40 +36,46 @@ class GifJobInput:
 
 class GifJobRunner:
     def __init__(
-        self, media_library: MediaLibrary, templates: TemplateLibrary, faceswap: FaceSwapClient
+        self,
+        media_library: MediaLibrary,
+        templates: TemplateLibrary,
+        faceswap: FaceSwapClient,
+        retry: RetryPolicy,
     ) -> None:
         self.media_library = media_library
         self.templates = templates
         self.faceswap = faceswap
+        self.retry = retry
 
     def run(self, context: JobContext, job_input: GifJobInput) -> jobs_pb2.JobResult:
-        template = job_input.template
         with tempfile.TemporaryDirectory(prefix="remind-gif-") as work:
             template_path = Path(work) / "template.gif"
             context.report(jobs_pb2.JOB_STAGE_PREPARING, 0.0)
-            self.templates.download(template, template_path)
+            self.templates.download(job_input.template, template_path)
             info = media.probe(template_path)
             total = info.frame_count
             context.report(jobs_pb2.JOB_STAGE_SWAPPING_FACES, PREPARED, 0, total)
 
             result_path = Path(work) / "result.gif"
-            frames_with_face, done, engine = 0, 0, ""
-            swapped = self.faceswap.swap_faces(
-                job_input.identity, self._encoded_frames(template_path)
+            facts = {"frames_with_face": 0, "engine": ""}
+            pipeline = FramePipeline(
+                {"faceswap": lambda frames: self.faceswap.swap_faces(job_input.identity, frames)},
+                self.retry,
             )
-            try:
-                with media.GifEncoder(result_path, info.width, info.height, info.fps) as gif:
-                    for response in swapped:
-                        gif.write(media.decode_image(response.image.data, info.width * info.height))
-                        done += 1
-                        frames_with_face += response.face_found
-                        engine = response.engine
-                        fraction = PREPARED + (SWAPPED - PREPARED) * done / max(total, done)
-                        context.report(
-                            jobs_pb2.JOB_STAGE_SWAPPING_FACES, fraction, done, max(total, done)
-                        )
-            finally:
-                swapped.close()
+            with media.GifEncoder(result_path, info.width, info.height, info.fps) as gif:
+
+                def deliver(frame: DeliveredFrame) -> None:
+                    swapped = frame.responses["faceswap"]
+                    gif.write(media.decode_image(frame.image, info.width * info.height))
+                    facts["frames_with_face"] += swapped.face_found
+                    facts["engine"] = swapped.engine
+                    done = frame.index + 1
+                    fraction = PREPARED + (SWAPPED - PREPARED) * done / max(total, done)
+                    context.report(
+                        jobs_pb2.JOB_STAGE_SWAPPING_FACES, fraction, done, max(total, done)
+                    )
+
+                done = pipeline.run(template_frames(template_path), deliver)
             if done == 0:
                 raise errors.InvalidInput("The template produced no frames.")
 
@@ -76,12 +87,7 @@ class GifJobRunner:
             media=result.name,
             content_type=result.content_type,
             size_bytes=result.size_bytes,
-            engines={"faceswap": engine},
+            engines={"faceswap": facts["engine"]},
             frames_total=done,
-            frames_with_face=frames_with_face,
+            frames_with_face=facts["frames_with_face"],
         )
-
-    @staticmethod
-    def _encoded_frames(path: Path) -> Iterator[bytes]:
-        for frame in media.iter_frames(path):
-            yield media.encode_image(frame, "png")

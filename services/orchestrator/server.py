@@ -16,6 +16,7 @@ from remind.v1 import (
 from services.orchestrator.auth import ApiKeys, AuthInterceptor
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.faceswap_client import FaceSwapClient
+from services.orchestrator.frame_pipeline import RetryPolicy
 from services.orchestrator.gif_job import GifJobRunner
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary
@@ -51,7 +52,8 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     faceswap = FaceSwapClient(
         settings.faceswap_address, settings.max_message_bytes, settings.stage_timeout_seconds
     )
-    gif_runner = GifJobRunner(media_library, templates, faceswap)
+    retry = RetryPolicy(deadline_seconds=settings.stream_retry_seconds)
+    gif_runner = GifJobRunner(media_library, templates, faceswap, retry)
 
     def add_servicers(server: grpc.Server) -> list[str]:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from services.faceswap.engines.base import FaceSwapEngine
 from services.faceswap.engines.landmark_warp import LandmarkWarpEngine
+from services.faceswap.engines.simswap import SimSwapEngine
 from services.shared.errors import InvalidInput
 
 # Best first: "auto" resolves to the first engine in this order that loaded.
 ENGINES: dict[str, type[FaceSwapEngine]] = {
+    "simswap": SimSwapEngine,
     "landmark_warp": LandmarkWarpEngine,
 }
 PREFERENCE: tuple[str, ...] = tuple(ENGINES)

@@ -1,0 +1,118 @@
+"""Template frames through a chain of model-service streams, into an encoder.
+
+Every stage is a bidirectional stream that returns one response per frame, in order, each
+carrying the frame's index and its new image. Stages are chained lazily, so decoding, every
+stage and the encoder all work at once on different frames (gRPC's flow control is the
+back-pressure between them). When a service goes away mid-stream (UNAVAILABLE: a restart, a
+crash), the whole chain restarts from the first frame not yet delivered, after a backoff,
+within a deadline; frames already delivered are never redone.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from remind.v1 import media_pb2
+
+from services.shared import errors, media
+
+log = logging.getLogger(__name__)
+
+
+class FrameResponse(Protocol):
+    index: int
+    image: media_pb2.EncodedImage
+
+
+# A stage takes frames and streams back one response per frame.
+Stage = Callable[[Iterator[media_pb2.Frame]], Iterator[Any]]
+# Frames from a given index on, encoded; re-reading from a later index skips earlier frames.
+FrameSource = Callable[[int], Iterator[media_pb2.Frame]]
+
+
+# Lossless on the wire: the encoder at the end is the only lossy step.
+FRAME_FORMAT = media_pb2.IMAGE_FORMAT_PNG
+
+
+def template_frames(path: Path) -> FrameSource:
+    """The frames of a template file, decoded and encoded as they are asked for."""
+
+    def frames_from(start: int) -> Iterator[media_pb2.Frame]:
+        for index, frame in enumerate(media.iter_frames(path)):
+            if index >= start:
+                image = media_pb2.EncodedImage(
+                    data=media.encode_image(frame, "png"), format=FRAME_FORMAT
+                )
+                yield media_pb2.Frame(index=index, image=image)
+
+    return frames_from
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    deadline_seconds: float = 120.0
+    first_backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 8.0
+
+
+@dataclass
+class DeliveredFrame:
+    index: int
+    image: bytes
+    # The response of every stage for this frame, by stage name (per-frame facts).
+    responses: dict[str, Any]
+
+
+def _tap(stage: Stage, name: str, seen: dict[int, dict[str, Any]]) -> Stage:
+    """Runs a stage and remembers its responses, then passes their frames on."""
+
+    def tapped(frames: Iterator[media_pb2.Frame]) -> Iterator[media_pb2.Frame]:
+        for response in stage(frames):
+            seen.setdefault(response.index, {})[name] = response
+            yield media_pb2.Frame(index=response.index, image=response.image)
+
+    return tapped
+
+
+class FramePipeline:
+    def __init__(self, stages: dict[str, Stage], retry: RetryPolicy | None = None) -> None:
+        self.stages = stages
+        self.retry = retry or RetryPolicy()
+
+    def run(self, source: FrameSource, deliver: Callable[[DeliveredFrame], None]) -> int:
+        """Delivers every frame, in order, through all stages; returns how many."""
+        delivered = 0
+        backoff = self.retry.first_backoff_seconds
+        give_up_at = time.monotonic() + self.retry.deadline_seconds
+        while True:
+            try:
+                for frame in self._chain(source(delivered)):
+                    deliver(frame)
+                    delivered += 1
+                return delivered
+            except errors.Unavailable as error:
+                if time.monotonic() + backoff > give_up_at:
+                    raise errors.Unavailable(
+                        f"{error} (gave up after retrying for {self.retry.deadline_seconds:g} s)"
+                    ) from None
+                log.warning(
+                    "stream broke at frame %d (%s); retrying in %.1f s", delivered, error, backoff
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.retry.max_backoff_seconds)
+
+    def _chain(self, frames: Iterator[media_pb2.Frame]) -> Iterator[DeliveredFrame]:
+        seen: dict[int, dict[str, Any]] = {}
+        stream: Iterator[media_pb2.Frame] = frames
+        for name, stage in self.stages.items():
+            stream = _tap(stage, name, seen)(stream)
+        try:
+            for frame in stream:
+                yield DeliveredFrame(frame.index, frame.image.data, seen.pop(frame.index, {}))
+        finally:
+            close = getattr(stream, "close", None)
+            if close:
+                close()

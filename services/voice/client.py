@@ -1,0 +1,87 @@
+"""A small client for VoiceService, for the orchestrator, tests and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from remind.v1 import media_pb2, voice_pb2, voice_pb2_grpc
+
+from services.voice.audio import from_pcm_s16le
+
+CHUNK_BYTES = 1024 * 1024
+STEM_NAMES = {voice_pb2.STEM_VOCALS: "vocals", voice_pb2.STEM_ACCOMPANIMENT: "accompaniment"}
+
+
+@dataclass
+class SeparationResult:
+    stems: dict[str, np.ndarray]  # float32 (n, 2) at 44.1 kHz
+    summary: voice_pb2.SeparationSummary
+    progress: list[voice_pb2.SeparationProgress] = field(default_factory=list)
+
+
+class VoiceClient:
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = voice_pb2_grpc.VoiceServiceStub(self.channel)
+
+    def __enter__(self) -> VoiceClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.channel.close()
+
+    def separate(
+        self,
+        recording: bytes = b"",
+        engine: str = "auto",
+        stems: tuple[int, ...] = (voice_pb2.STEM_VOCALS,),
+        source: media_pb2.StorageObject | None = None,
+        store_prefix: media_pb2.StorageObject | None = None,
+        audio_format: media_pb2.AudioFormat | None = None,
+        wiener_filter: bool = False,
+        timeout: float = 300.0,
+    ) -> SeparationResult:
+        config = voice_pb2.SeparationConfig(
+            engine=engine,
+            stems=stems,
+            source=source,
+            store_prefix=store_prefix,
+            format=audio_format,
+            wiener_filter=wiener_filter,
+        )
+
+        def requests() -> Iterator[voice_pb2.SeparateVoiceRequest]:
+            yield voice_pb2.SeparateVoiceRequest(config=config)
+            if source is None:
+                for start in range(0, len(recording), CHUNK_BYTES):
+                    chunk = media_pb2.AudioChunk(data=recording[start : start + CHUNK_BYTES])
+                    yield voice_pb2.SeparateVoiceRequest(chunk=chunk)
+
+        return self.collect(self.stub.SeparateVoice(requests(), timeout=timeout))
+
+    @staticmethod
+    def collect(responses: Iterator[voice_pb2.SeparateVoiceResponse]) -> SeparationResult:
+        pcm: dict[str, bytearray] = {}
+        progress = []
+        summary = voice_pb2.SeparationSummary()
+        for response in responses:
+            kind = response.WhichOneof("payload")
+            if kind == "chunk":
+                pcm.setdefault(STEM_NAMES[response.chunk.stem], bytearray()).extend(
+                    response.chunk.data
+                )
+            elif kind == "progress":
+                progress.append(response.progress)
+            elif kind == "summary":
+                summary = response.summary
+        stems = {name: from_pcm_s16le(bytes(data)) for name, data in pcm.items()}
+        return SeparationResult(stems, summary, progress)
+
+    def probe(self, recording: bytes) -> voice_pb2.ProbeAudioResponse:
+        return self.stub.ProbeAudio(voice_pb2.ProbeAudioRequest(data=recording), timeout=60)
+
+    def engines(self) -> voice_pb2.ListVoiceEnginesResponse:
+        return self.stub.ListVoiceEngines(voice_pb2.ListVoiceEnginesRequest(), timeout=30)

