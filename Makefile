@@ -75,6 +75,7 @@ bench: setup
 	$(PY) -m benchmarks.gif_job
 	$(PY) -m benchmarks.voice
 	$(PY) -m benchmarks.faceswap_engines
+	$(PY) -m benchmarks.lipsync
 
 # The official SimSwap weights into models/ (non-commercial licences: see README).
 fetch-weights: setup
