@@ -28,7 +28,7 @@ from services.faceswap.simswap.detector import DlibFivePointDetector, primary_fa
 from services.faceswap.simswap.generator import SimSwapGenerator
 from services.faceswap.simswap.models import SimSwapModels
 from services.orchestrator.builtin_templates import render_builtin_gif
-from services.orchestrator.faceswap_client import FaceSwapClient
+from services.orchestrator.model_clients import FaceSwapClient
 from services.samples import sample_face_photo
 from services.shared import media
 from services.shared.faces import default_analyzer

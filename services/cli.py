@@ -62,10 +62,8 @@ def _fail(error: grpc.RpcError) -> None:
     raise typer.Exit(1)
 
 
-def run_gif(client: RemindClient, face: Path, template: str, output: Path, engine: str) -> Path:
-    """Uploads the photo, runs a GIF job with a progress bar and downloads the result."""
-    face_media = client.upload_file(face)
-    created = client.create_gif_job(face_media.name, template, engine)
+def follow_job(client: RemindClient, created: jobs_pb2.Job, output: Path) -> Path:
+    """Shows a job's progress per stage until it ends, then downloads its result."""
     job = created
     with Progress(
         TextColumn("{task.description}"),
@@ -92,12 +90,33 @@ def run_gif(client: RemindClient, face: Path, template: str, output: Path, engin
         raise typer.Exit(1)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(client.download(job.result.media))
+    engines = ", ".join(f"{stage} {name}" for stage, name in sorted(job.result.engines.items()))
     console.print(
         f"{job.name}: {job.result.frames_with_face}/{job.result.frames_total} frames "
-        f"had a face; engine {job.result.engines.get('faceswap', '?')}",
+        f"had a face; engines: {engines}",
         soft_wrap=True,
     )
     return output
+
+
+def run_gif(client: RemindClient, face: Path, template: str, output: Path, engine: str) -> Path:
+    """Uploads the photo, runs a GIF job with a progress bar and downloads the result."""
+    face_media = client.upload_file(face)
+    return follow_job(client, client.create_gif_job(face_media.name, template, engine), output)
+
+
+def run_video(
+    client: RemindClient, face: Path, voice: Path, template: str, output: Path, engine: str
+) -> Path:
+    """Uploads the photo and the recording, runs a video job and downloads the MP4."""
+    face_media = client.upload_file(face)
+    voice_media = client.upload_file(voice)
+    created = client.create_video_job(face_media.name, voice_media.name, template, engine)
+    return follow_job(client, created, output)
+
+
+def _template_name(template: str) -> str:
+    return template if "/" in template else f"templates/{template}"
 
 
 @app.command()
@@ -110,13 +129,24 @@ def gif(
     """Swap the face in FACE into a GIF template."""
     with _client() as client:
         try:
-            path = run_gif(
-                client,
-                face,
-                template if "/" in template else f"templates/{template}",
-                output,
-                engine,
-            )
+            path = run_gif(client, face, _template_name(template), output, engine)
+        except grpc.RpcError as error:
+            _fail(error)
+    print(path.resolve())
+
+
+@app.command()
+def video(
+    face: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Face photo")],
+    voice: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Voice recording")],
+    template: Annotated[str, typer.Option(help="Video template name")] = "astronaut-talk",
+    output: Annotated[Path, typer.Option("-o", "--output")] = Path("out/result.mp4"),
+    engine: Annotated[str, typer.Option(help="Faceswap and lipsync engine")] = "auto",
+) -> None:
+    """Put the face in FACE into a video template, speaking with the voice in VOICE."""
+    with _client() as client:
+        try:
+            path = run_video(client, face, voice, _template_name(template), output, engine)
         except grpc.RpcError as error:
             _fail(error)
     print(path.resolve())
@@ -182,10 +212,13 @@ def down() -> None:
 
 @app.command()
 def demo(
-    output_dir: Annotated[Path, typer.Option(help="Where the photo and GIF go")] = Path("out"),
+    output_dir: Annotated[Path, typer.Option(help="Where the inputs and results go")] = Path("out"),
 ) -> None:
-    """Run the GIF track on the bundled photo and template, starting the stack if needed."""
-    from services.samples import sample_face_photo
+    """Run both tracks on the bundled photo, voice and templates, starting the stack if needed.
+
+    Prints the GIF's path, then the MP4's path last.
+    """
+    from services.samples import sample_face_photo, sample_voice_recording
     from services.shared import media
 
     stack = _stack()
@@ -195,16 +228,24 @@ def demo(
         output_dir.mkdir(parents=True, exist_ok=True)
         face = output_dir / "face.png"
         face.write_bytes(media.encode_image(sample_face_photo(), "png"))
+        voice = output_dir / "voice.wav"
+        voice.write_bytes(sample_voice_recording())
         with _client() as client:
-            template = client.list_templates(1)[0].name
-            console.print(f"GIF track: {face} into {template}")
-            path = run_gif(client, face, template, output_dir / "result.gif", "auto")
+            gif_template = client.list_templates(1)[0].name
+            console.print(f"GIF track: {face} into {gif_template}")
+            gif_path = run_gif(client, face, gif_template, output_dir / "result.gif", "auto")
+            print(gif_path.resolve())
+            video_template = client.list_templates(2)[0].name
+            console.print(f"MP4 track: {face} speaking {voice} in {video_template}")
+            video_path = run_video(
+                client, face, voice, video_template, output_dir / "result.mp4", "auto"
+            )
     except grpc.RpcError as error:
         _fail(error)
     finally:
         if started_here:
             stack.stop()
-    print(path.resolve())
+    print(video_path.resolve())
 
 
 def main() -> None:

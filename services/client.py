@@ -98,6 +98,20 @@ class RemindClient:
             timeout=120,
         ).job
 
+    def create_video_job(
+        self, face_media: str, voice_media: str, template: str, engine: str = ""
+    ) -> jobs_pb2.Job:
+        return self.jobs.CreateVideoJob(
+            jobs_pb2.CreateVideoJobRequest(
+                face_media=face_media,
+                voice_media=voice_media,
+                template=template,
+                faceswap_engine=engine,
+                lipsync_engine=engine if engine != "auto" else "",
+            ),
+            timeout=120,
+        ).job
+
     def watch(self, job_name: str, timeout: float = 1800) -> Iterator[jobs_pb2.Job]:
         for response in self.jobs.WatchJob(
             jobs_pb2.WatchJobRequest(name=job_name), timeout=timeout

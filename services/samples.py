@@ -1,4 +1,5 @@
-"""Sample face photos for the demo and the tests, taken from photos that ship in installed wheels.
+"""Sample inputs for the demo and the tests: face photos taken from photos that ship in
+installed wheels, and a voice recording made with espeak-ng over generated music.
 
 The bundled templates show the public-domain astronaut portrait (scikit-image), so the sample
 "user" photo must be someone else: a face cropped from the group photo that the insightface
@@ -15,6 +16,7 @@ import dlib
 import numpy as np
 
 from services.shared.errors import NotFound
+from services.voice import mixes
 
 GROUP_PHOTO = Path("data") / "images" / "t1.jpg"
 PHOTO_SIDE = 400
@@ -44,3 +46,8 @@ def sample_face_photo(person: int = 0) -> np.ndarray:
     return cv2.warpAffine(
         photo, warp, (PHOTO_SIDE, PHOTO_SIDE), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
     )
+
+
+def sample_voice_recording(seconds: float = 20.0) -> bytes:
+    """A WAV of synthetic speech (espeak-ng) over music made in code: a voice to extract."""
+    return mixes.wav_bytes(mixes.make_mix("en-us", seconds, voice_to_music_db=3.0).mixture)

@@ -275,6 +275,8 @@ class LocalStack:
                     "REMIND_ORCHESTRATOR_PORT": str(base + ORCHESTRATOR),
                     "REMIND_ORCHESTRATOR_METRICS_PORT": str(base + ORCHESTRATOR_METRICS),
                     "REMIND_ORCHESTRATOR_FACESWAP_ADDRESS": info.faceswap_address,
+                    "REMIND_ORCHESTRATOR_LIPSYNC_ADDRESS": info.lipsync_address,
+                    "REMIND_ORCHESTRATOR_VOICE_ADDRESS": info.voice_address,
                     "REMIND_ORCHESTRATOR_API_KEYS_FILE": str(self.state_dir / "api-keys.json"),
                 },
             ),

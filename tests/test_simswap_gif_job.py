@@ -20,7 +20,7 @@ from remind.v1 import template_service_pb2 as templates_pb2
 from test_simswap_reference import build_models_dir
 
 from services.client import RemindClient
-from services.orchestrator.faceswap_client import FaceSwapClient
+from services.orchestrator.model_clients import FaceSwapClient
 from services.shared import media
 from services.shared.settings import S3Settings
 from services.shared.storage import ObjectStore

@@ -20,7 +20,7 @@ import numpy as np
 from skimage import data as skimage_data
 
 from services.shared.errors import EngineNotReady, NotFound
-from services.shared.media import GifEncoder
+from services.shared.media import GifEncoder, Mp4Encoder
 
 FRAME_SIZE = 320
 FRAME_COUNT = 42
@@ -117,6 +117,28 @@ def render_builtin_gif(template_id: str, path: Path) -> None:
             gif.write(frame)
 
 
+# The MP4 track's built-in template: the same portrait, held for 30 s of gentle head motion
+# (a 4 s loop), for the user's face and voice to bring to life.
+VIDEO_SECONDS, VIDEO_FPS = 30, 25
+BUILTIN_VIDEO_TEMPLATES: tuple[BuiltinTemplate, ...] = (
+    BuiltinTemplate("astronaut-talk", "Astronaut, talking to camera (30 s)"),
+)
+_VIDEO_MOTION = HeadMotion(
+    tilt_degrees=2.5, drift_pixels=3.0, nod_pixels=2.0, nod_cycles=2, zoom=0.015, pitch_squash=0.0
+)
+
+
+def render_builtin_video(template_id: str, path: Path) -> None:
+    """Write the built-in video template `template_id` as a silent H.264 MP4."""
+    if template_id not in {template.template_id for template in BUILTIN_VIDEO_TEMPLATES}:
+        raise NotFound(f"There is no built-in video template {template_id!r}.")
+    photo, faces = _source_faces()
+    frames = animate_head(photo, faces[0], _VIDEO_MOTION, VIDEO_SECONDS * VIDEO_FPS, 4 * VIDEO_FPS)
+    with Mp4Encoder(path, FRAME_SIZE, FRAME_SIZE, VIDEO_FPS) as video:
+        for frame in frames:
+            video.write(frame)
+
+
 def render_all(out_dir: Path) -> list[Path]:
     """Render every built-in template into `out_dir` as `{template_id}.gif`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,9 +151,14 @@ def render_all(out_dir: Path) -> list[Path]:
 
 
 def animate_head(
-    photo: np.ndarray, face: dlib.rectangle, motion: HeadMotion
+    photo: np.ndarray,
+    face: dlib.rectangle,
+    motion: HeadMotion,
+    frame_count: int = FRAME_COUNT,
+    loop_frames: int = FRAME_COUNT,
 ) -> Iterator[np.ndarray]:
-    """FRAME_COUNT square frames of the head around `face`, moving along `motion`.
+    """`frame_count` square frames of the head around `face`, moving along `motion`, whose
+    loop lasts `loop_frames`.
 
     Each frame is one affine warp straight from the full photo (crop, upscale and motion in a
     single resampling), so pixels beyond the crop come from the photo itself.
@@ -156,8 +183,8 @@ def animate_head(
         ]
     )
 
-    for index in range(FRAME_COUNT):
-        angle, scale, squash, dx, dy = motion.pose(index / FRAME_COUNT)
+    for index in range(frame_count):
+        angle, scale, squash, dx, dy = motion.pose((index % loop_frames) / loop_frames)
         radians = math.radians(angle)
         # Image coordinates (y down): a positive angle turns the head anticlockwise on screen.
         rotation = np.array(

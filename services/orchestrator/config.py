@@ -9,6 +9,8 @@ from services.shared.settings import ServerSettings, from_env
 class OrchestratorSettings(ServerSettings):
     port: int = 50051
     faceswap_address: str = "127.0.0.1:50061"
+    lipsync_address: str = "127.0.0.1:50081"
+    voice_address: str = "127.0.0.1:50071"
     uploads_bucket: str = "remind-uploads"
     templates_bucket: str = "remind-templates"
     results_bucket: str = "remind-results"
@@ -22,6 +24,8 @@ class OrchestratorSettings(ServerSettings):
     max_photo_pixels: int = 40_000_000
     gif_template_min_seconds: float = 1.0
     gif_template_max_seconds: float = 6.0
+    video_template_min_seconds: float = 1.0
+    video_template_max_seconds: float = 60.0
     # 1080p in either orientation.
     max_template_long_side: int = 1920
     max_template_short_side: int = 1080

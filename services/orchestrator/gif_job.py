@@ -12,7 +12,6 @@ from pathlib import Path
 from remind.v1 import faceswap_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 
-from services.orchestrator.faceswap_client import FaceSwapClient
 from services.orchestrator.frame_pipeline import (
     DeliveredFrame,
     FramePipeline,
@@ -21,6 +20,7 @@ from services.orchestrator.frame_pipeline import (
 )
 from services.orchestrator.jobs import JobContext
 from services.orchestrator.media_library import MediaLibrary
+from services.orchestrator.model_clients import FaceSwapClient
 from services.orchestrator.template_library import TemplateLibrary, TemplateRecord
 from services.shared import errors, media
 

@@ -15,13 +15,14 @@ from remind.v1 import (
 
 from services.orchestrator.auth import ApiKeys, AuthInterceptor
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.faceswap_client import FaceSwapClient
 from services.orchestrator.frame_pipeline import RetryPolicy
 from services.orchestrator.gif_job import GifJobRunner
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary
+from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
 from services.orchestrator.servicer import JobServicer, MediaServicer, TemplateServicer
 from services.orchestrator.template_library import TemplateLibrary
+from services.orchestrator.video_job import VideoJobRunner
 from services.shared.observability import configure_logging
 from services.shared.server import RunningServer, serve_until_signalled, start_server
 from services.shared.settings import S3Settings
@@ -49,15 +50,28 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     interrupted = board.fail_interrupted()
     if interrupted:
         log.warning("marked %d interrupted jobs as failed", interrupted)
-    faceswap = FaceSwapClient(
-        settings.faceswap_address, settings.max_message_bytes, settings.stage_timeout_seconds
-    )
+    limits = (settings.max_message_bytes, settings.stage_timeout_seconds)
+    faceswap = FaceSwapClient(settings.faceswap_address, *limits)
+    lipsync = LipSyncClient(settings.lipsync_address, *limits)
+    voice = VoiceClient(settings.voice_address, *limits)
     retry = RetryPolicy(deadline_seconds=settings.stream_retry_seconds)
     gif_runner = GifJobRunner(media_library, templates, faceswap, retry)
+    video_runner = VideoJobRunner(
+        media_library, templates, faceswap, lipsync, voice, retry, settings.max_upload_bytes
+    )
 
     def add_servicers(server: grpc.Server) -> list[str]:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(board, media_library, templates, faceswap, gif_runner, settings),
+            JobServicer(
+                board,
+                media_library,
+                templates,
+                faceswap,
+                voice,
+                gif_runner,
+                video_runner,
+                settings,
+            ),
             server,
         )
         template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
@@ -74,7 +88,7 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
 
     keys = ApiKeys.from_file(Path(settings.api_keys_file)) if settings.api_keys_file else None
     running = start_server(settings, add_servicers, [AuthInterceptor(keys, settings.open_tenant)])
-    running.on_stop.extend([board.shutdown, faceswap.close])
+    running.on_stop.extend([board.shutdown, faceswap.close, lipsync.close, voice.close])
     return running
 
 

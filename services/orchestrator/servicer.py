@@ -14,11 +14,12 @@ from remind.v1 import template_service_pb2_grpc as templates_grpc
 
 from services.orchestrator.auth import current_tenant
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.faceswap_client import FaceSwapClient
 from services.orchestrator.gif_job import GifJobInput, GifJobRunner
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary, MediaRecord
+from services.orchestrator.model_clients import FaceSwapClient, VoiceClient
 from services.orchestrator.template_library import GIF, VIDEO, TemplateLibrary, TemplateRecord
+from services.orchestrator.video_job import VideoJobInput, VideoJobRunner
 from services.shared import errors, wire
 
 KIND_NAMES = {templates_pb2.TEMPLATE_KIND_GIF: GIF, templates_pb2.TEMPLATE_KIND_VIDEO: VIDEO}
@@ -65,14 +66,18 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         media_library: MediaLibrary,
         templates: TemplateLibrary,
         faceswap: FaceSwapClient,
+        voice: VoiceClient,
         gif_runner: GifJobRunner,
+        video_runner: VideoJobRunner,
         settings: OrchestratorSettings,
     ) -> None:
         self.board = board
         self.media_library = media_library
         self.templates = templates
         self.faceswap = faceswap
+        self.voice = voice
         self.gif_runner = gif_runner
+        self.video_runner = video_runner
         self.settings = settings
 
     def _with_url(self, tenant: str, job: jobs_pb2.Job) -> jobs_pb2.Job:
@@ -86,7 +91,7 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     ) -> jobs_pb2.CreateGifJobResponse:
         tenant = current_tenant()
         wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
-        wire.require(bool(request.template), "template is required, e.g. templates/office-sway.")
+        wire.require(bool(request.template), "template is required, e.g. templates/astronaut-sway.")
         template = self.templates.get(tenant, request.template)
         if template.kind != GIF:
             raise errors.InvalidInput(f"{request.template} is not a GIF template.")
@@ -107,9 +112,33 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     def CreateVideoJob(
         self, request: jobs_pb2.CreateVideoJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.CreateVideoJobResponse:
-        raise errors.FailedPrecondition(
-            "Video jobs need the lipsync and voice services, which this deployment lacks."
+        tenant = current_tenant()
+        wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
+        wire.require(bool(request.voice_media), "voice_media is required: upload a recording.")
+        wire.require(bool(request.template), "template is required, e.g. templates/astronaut-talk.")
+        template = self.templates.get(tenant, request.template)
+        if template.kind != VIDEO:
+            raise errors.InvalidInput(f"{request.template} is not a video template.")
+        voice = self.media_library.get(tenant, request.voice_media)
+        # Both checks now reject a bad photo or recording before any work is queued.
+        self.voice.probe_audio(voice.bucket, voice.key)
+        photo = self.media_library.read_bytes(
+            self.media_library.get(tenant, request.face_media), self.settings.max_upload_bytes
         )
+        identity = self.faceswap.prepare_identity(photo, request.faceswap_engine)
+        job = jobs_pb2.Job(
+            kind=jobs_pb2.JOB_KIND_VIDEO,
+            face_media=request.face_media,
+            voice_media=request.voice_media,
+            template=template.name,
+        )
+        job_input = VideoJobInput(
+            identity, voice, template, request.voice_engine, request.lipsync_engine
+        )
+        created = self.board.submit(
+            tenant, job, lambda job_context: self.video_runner.run(job_context, job_input)
+        )
+        return jobs_pb2.CreateVideoJobResponse(job=created)
 
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext

@@ -7,6 +7,7 @@ records bucket `builtin/templates/{id}.json` and `{tenant}/templates/{id}.json`.
 import logging
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ TEMPLATE_PREFIX = "templates/"
 BUILTIN = "builtin"
 _TEMPLATE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 GIF, VIDEO = "gif", "video"
+EXTENSIONS = {GIF: (".gif", "image/gif"), VIDEO: (".mp4", "video/mp4")}
 # Frames sampled to check that an uploaded template shows a face.
 FACE_CHECK_SAMPLES = 5
 
@@ -60,27 +62,44 @@ class TemplateLibrary:
         self.settings = settings
 
     def install_builtins(self) -> None:
-        """Renders and stores the bundled GIF templates the store does not have yet."""
-        for template in builtin_templates.BUILTIN_GIF_TEMPLATES:
-            record_key = f"{BUILTIN}/templates/{template.template_id}.json"
-            if self.store.exists(self.settings.records_bucket, record_key):
-                continue
-            with tempfile.TemporaryDirectory() as work:
-                path = Path(work) / f"{template.template_id}.gif"
-                builtin_templates.render_builtin_gif(template.template_id, path)
-                key = f"{BUILTIN}/{template.template_id}.gif"
-                if not self.store.exists(self.settings.templates_bucket, key):
-                    self.store.put_new_file(self.settings.templates_bucket, key, path, "image/gif")
-                record = self._record(
-                    template.template_id,
-                    template.display_name,
-                    GIF,
-                    key,
-                    media.probe(path),
-                    builtin=True,
-                )
-            self.store.put_record(self.settings.records_bucket, record_key, asdict(record))
-            log.info("installed built-in template %s", template.template_id)
+        """Renders and stores the bundled templates the store does not have yet."""
+        for kind, templates, render in (
+            (GIF, builtin_templates.BUILTIN_GIF_TEMPLATES, builtin_templates.render_builtin_gif),
+            (
+                VIDEO,
+                builtin_templates.BUILTIN_VIDEO_TEMPLATES,
+                builtin_templates.render_builtin_video,
+            ),
+        ):
+            for template in templates:
+                self._install_builtin(kind, template, render)
+
+    def _install_builtin(
+        self,
+        kind: str,
+        template: builtin_templates.BuiltinTemplate,
+        render: Callable[[str, Path], None],
+    ) -> None:
+        record_key = f"{BUILTIN}/templates/{template.template_id}.json"
+        if self.store.exists(self.settings.records_bucket, record_key):
+            return
+        extension, content_type = EXTENSIONS[kind]
+        with tempfile.TemporaryDirectory() as work:
+            path = Path(work) / f"{template.template_id}{extension}"
+            render(template.template_id, path)
+            key = f"{BUILTIN}/{template.template_id}{extension}"
+            if not self.store.exists(self.settings.templates_bucket, key):
+                self.store.put_new_file(self.settings.templates_bucket, key, path, content_type)
+            record = self._record(
+                template.template_id,
+                template.display_name,
+                kind,
+                key,
+                media.probe(path),
+                builtin=True,
+            )
+        self.store.put_record(self.settings.records_bucket, record_key, asdict(record))
+        log.info("installed built-in template %s", template.template_id)
 
     def list(self, tenant: str, kind: str | None = None) -> list[TemplateRecord]:
         records = []
@@ -119,9 +138,8 @@ class TemplateLibrary:
             info = media.probe(path)
             kind = self._check_template(info)
             self._check_has_face(path)
-            extension = ".gif" if kind == GIF else ".mp4"
+            extension, content_type = EXTENSIONS[kind]
             key = f"{tenant}/{template_id}{extension}"
-            content_type = "image/gif" if kind == GIF else "video/mp4"
             self.store.put_new_file(self.settings.templates_bucket, key, path, content_type)
         record = self._record(
             template_id, display_name or template_id, kind, key, info, builtin=False
@@ -153,8 +171,16 @@ class TemplateLibrary:
                 f"{self.settings.gif_template_min_seconds:g} to "
                 f"{self.settings.gif_template_max_seconds:g} s."
             )
-        if kind == VIDEO:
-            raise errors.InvalidInput("Video templates are not supported yet; upload a GIF.")
+        if kind == VIDEO and not (
+            self.settings.video_template_min_seconds
+            <= info.duration_seconds
+            <= self.settings.video_template_max_seconds
+        ):
+            raise errors.InvalidInput(
+                f"The video lasts {info.duration_seconds:.1f} s; video templates last "
+                f"{self.settings.video_template_min_seconds:g} to "
+                f"{self.settings.video_template_max_seconds:g} s."
+            )
         return kind
 
     def _check_has_face(self, path: Path) -> None:
