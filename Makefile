@@ -73,6 +73,7 @@ down:
 
 bench: setup
 	$(PY) -m benchmarks.gif_job
+	$(PY) -m benchmarks.video_job
 	$(PY) -m benchmarks.voice
 	$(PY) -m benchmarks.faceswap_engines
 	$(PY) -m benchmarks.lipsync
