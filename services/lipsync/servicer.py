@@ -11,12 +11,11 @@ from remind.v1 import lipsync_pb2, lipsync_pb2_grpc, media_pb2
 from services.lipsync.audio import decode_voice
 from services.lipsync.config import LipSyncSettings
 from services.lipsync.engines.base import AudioFeatures, LipSyncEngine
-from services.lipsync.intake import with_idle_timeout
 from services.shared import media, wire
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.errors import TooLarge
 from services.shared.observability import FRAMES
-from services.shared.streams import read_ahead
+from services.shared.streams import read_ahead, with_idle_timeout
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import cv2
 import numpy as np
@@ -392,20 +393,20 @@ def _read_exactly(stream, size: int) -> bytes:
     return b"".join(chunks)
 
 
-class GifEncoder:
-    """Write RGB frames into a looping GIF as they arrive, through one ffmpeg process.
+class _FrameWriter:
+    """Streams RGB frames into one ffmpeg process that writes a file; subclasses say how.
 
-    ffmpeg builds one palette from all frames (it holds them until the input ends, which is
-    what a global palette needs), then dithers every frame against it.
-
-        with GifEncoder(path, 320, 320, fps=12) as gif:
-            for frame in frames:
-                gif.write(frame)
+    On an exception inside the `with` block ffmpeg is killed and the partial file removed, so
+    a half-written file never looks like a result.
     """
+
+    kind = "file"
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float) -> None:
         if width <= 0 or height <= 0 or width > 65535 or height > 65535:
-            raise ValueError(f"a GIF must be 1 to 65535 pixels a side, not {width}x{height}")
+            raise ValueError(
+                f"a {self.kind} must be 1 to 65535 pixels a side, not {width}x{height}"
+            )
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.path = Path(path)
@@ -416,13 +417,15 @@ class GifEncoder:
         self._process: subprocess.Popen | None = None
         self._stderr: _StderrTail | None = None
 
-    def __enter__(self) -> GifEncoder:
+    def _output_arguments(self) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         command = [
             "ffmpeg", "-v", "error", "-nostdin", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24",
             "-s", f"{self.width}x{self.height}", "-framerate", str(self.fps), "-i", "pipe:0",
-            "-filter_complex", GIF_FILTER,
-            "-loop", "0", "-f", "gif", str(self.path),
+            *self._output_arguments(), str(self.path),
         ]  # fmt: skip
         self._process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -432,7 +435,7 @@ class GifEncoder:
 
     def write(self, frame: np.ndarray) -> None:
         if self._process is None:
-            raise RuntimeError("GifEncoder.write() called outside its 'with' block")
+            raise RuntimeError(f"{type(self).__name__}.write() called outside its 'with' block")
         _check_frame(frame, self.width, self.height)
         try:
             self._process.stdin.write(np.ascontiguousarray(frame).data)
@@ -463,7 +466,9 @@ class GifEncoder:
         self._close_pipes(process)
         if self.frames_written == 0:
             self.path.unlink(missing_ok=True)
-            raise RemindError(f"Could not write the GIF {self.path.name}: it has no frames.")
+            raise RemindError(
+                f"Could not write the {self.kind} {self.path.name}: it has no frames."
+            )
         if returncode != 0:
             self.path.unlink(missing_ok=True)
             raise self._failure()
@@ -479,7 +484,77 @@ class GifEncoder:
     def _failure(self) -> RemindError:
         self._stderr.join()
         reason = self._stderr.last_line(self.path) or "ffmpeg stopped without a message"
-        return RemindError(f"Could not write the GIF {self.path.name}: {reason}")
+        return RemindError(f"Could not write the {self.kind} {self.path.name}: {reason}")
+
+
+class GifEncoder(_FrameWriter):
+    """Write RGB frames into a looping GIF as they arrive.
+
+    ffmpeg builds one palette from all frames (it holds them until the input ends, which is
+    what a global palette needs), then dithers every frame against it.
+
+        with GifEncoder(path, 320, 320, fps=12) as gif:
+            for frame in frames:
+                gif.write(frame)
+    """
+
+    kind = "GIF"
+
+    def _output_arguments(self) -> list[str]:
+        return ["-filter_complex", GIF_FILTER, "-loop", "0", "-f", "gif"]
+
+
+class Mp4Encoder(_FrameWriter):
+    """Write RGB frames into an H.264 MP4 as they arrive, muxed with an audio file as AAC.
+
+    The video is as long as its frames: the audio is padded with silence or cut to fit.
+    yuv420p and faststart, so that every phone and browser plays it while it downloads.
+
+        with Mp4Encoder(path, 640, 480, fps=25, audio=voice_wav, comment="...") as video:
+            for frame in frames:
+                video.write(frame)
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        fps: float,
+        audio: Path | None = None,
+        comment: str = "",
+    ) -> None:
+        super().__init__(path, width, height, fps)
+        self.audio = audio
+        self.comment = comment
+
+    def _output_arguments(self) -> list[str]:
+        audio = []
+        if self.audio is not None:
+            audio = [
+                "-i",
+                str(self.audio),
+                "-map",
+                "0:v",
+                "-map",
+                "1:a",
+                "-af",
+                "apad",
+                "-shortest",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "128k",
+            ]
+        return [
+            *audio,
+            # H.264 in yuv420p needs even sides.
+            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
+            "-movflags", "+faststart", "-metadata", f"comment={self.comment}", "-f", "mp4",
+        ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,113 +602,3 @@ class _StderrTail:
 
     def last_line(self, path: str | Path) -> str:
         return _last_line("".join(self._lines), path)
-
-
-class Mp4Encoder:
-    """Write RGB frames into an H.264 MP4 as they arrive, muxed with an audio file as AAC.
-
-    The video is as long as its frames: the audio is padded with silence or cut to fit.
-    yuv420p and faststart, so that every phone and browser plays it while it downloads.
-
-        with Mp4Encoder(path, 640, 480, fps=25, audio=voice_wav, comment="...") as video:
-            for frame in frames:
-                video.write(frame)
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        width: int,
-        height: int,
-        fps: float,
-        audio: Path | None = None,
-        comment: str = "",
-    ) -> None:
-        if width <= 0 or height <= 0 or fps <= 0:
-            raise ValueError(f"bad video geometry {width}x{height} at {fps} fps")
-        self.path = Path(path)
-        self.width = width
-        self.height = height
-        self.fps = fps
-        self.audio = audio
-        self.comment = comment
-        self.frames_written = 0
-        self._process: subprocess.Popen | None = None
-        self._stderr: _StderrTail | None = None
-
-    def __enter__(self) -> Mp4Encoder:
-        command = [
-            "ffmpeg", "-v", "error", "-nostdin", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24",
-            "-s", f"{self.width}x{self.height}", "-framerate", str(self.fps), "-i", "pipe:0",
-        ]  # fmt: skip
-        if self.audio is not None:
-            command += [
-                "-i",
-                str(self.audio),
-                "-map",
-                "0:v",
-                "-map",
-                "1:a",
-                "-af",
-                "apad",
-                "-shortest",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "128k",
-            ]
-        command += [
-            # H.264 in yuv420p needs even sides.
-            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-            "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart", "-metadata", f"comment={self.comment}",
-            "-f", "mp4", str(self.path),
-        ]  # fmt: skip
-        self._process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self._stderr = _StderrTail(self._process)
-        return self
-
-    def write(self, frame: np.ndarray) -> None:
-        if self._process is None:
-            raise RuntimeError("Mp4Encoder.write() called outside its 'with' block")
-        _check_frame(frame, self.width, self.height)
-        try:
-            self._process.stdin.write(np.ascontiguousarray(frame).data)
-        except BrokenPipeError:
-            self._process.wait()
-            raise self._failure() from None
-        self.frames_written += 1
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        process = self._process
-        self._process = None
-        if exc_type is not None:
-            process.kill()
-            process.wait()
-            self._stderr.join()
-            self.path.unlink(missing_ok=True)
-            return
-        try:
-            process.stdin.close()
-        except BrokenPipeError:
-            pass
-        returncode = process.wait()
-        self._stderr.join()
-        if self.frames_written == 0 or returncode != 0:
-            self.path.unlink(missing_ok=True)
-            raise self._failure()
-
-    def _failure(self) -> RemindError:
-        self._stderr.join()
-        reason = self._stderr.last_line(self.path) or "ffmpeg stopped without a message"
-        if self.frames_written == 0:
-            reason = "it has no frames"
-        return RemindError(f"Could not write the video {self.path.name}: {reason}")

@@ -14,10 +14,11 @@ from remind.v1 import media_pb2, voice_pb2, voice_pb2_grpc
 from services.shared import errors, wire
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.storage import ObjectStore
+from services.shared.streams import with_idle_timeout
 from services.voice import audio
 from services.voice.config import VoiceSettings
 from services.voice.engines.base import ACCOMPANIMENT, VOCALS, VoiceEngine
-from services.voice.intake import fetch_object, spool_chunks, with_idle_timeout
+from services.voice.intake import fetch_object, spool_chunks
 from services.voice.separation import Progress, SeparationFacts, StemBlock, separate
 
 STEM_NAMES = {voice_pb2.STEM_VOCALS: VOCALS, voice_pb2.STEM_ACCOMPANIMENT: ACCOMPANIMENT}
