@@ -44,10 +44,7 @@ def test_killing_the_faceswap_service_mid_stream_is_survived(
     killed = False
     for event in client.watch(job.name):
         if not killed and event.progress.frames_done >= 10:
-            pid = stack.info().pids["faceswap"]
-            os.kill(pid, signal.SIGKILL)
-            while pid_alive(pid):
-                time.sleep(0.05)
+            _kill(stack, "faceswap")
             killed = True
             stack.start()  # a supervisor bringing the service back
         final = event
@@ -80,3 +77,66 @@ def test_a_dead_faceswap_service_fails_the_job_with_a_reason(
         assert not final.result.media
     finally:
         stack.start()
+
+
+def _kill(stack: LocalStack, name: str) -> None:
+    pid = stack.info().pids[name]
+    os.kill(pid, signal.SIGKILL)
+    while pid_alive(pid):
+        time.sleep(0.05)
+
+
+def test_an_orchestrator_killed_mid_job_marks_the_job_failed_when_it_comes_back(
+    stack: LocalStack, client: RemindClient, user_photo, tmp_path
+):
+    template = _long_template(client, tmp_path, "fault-long")
+    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    job = client.create_gif_job(face.name, template)
+    for event in client.watch(job.name):
+        if event.progress.frames_done >= 10:
+            break
+    _kill(stack, "orchestrator")
+    info = stack.start()
+    with RemindClient(info.orchestrator_address, info.api_keys["local"]) as again:
+        ended = again.get_job(job.name)
+        assert ended.state == jobs_pb2.JOB_STATE_FAILED
+        assert "restart" in ended.error.message and "submit it again" in ended.error.message
+        assert not ended.result.media
+        retried = again.create_gif_job(face.name, template)
+        assert list(again.watch(retried.name))[-1].state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_a_store_outage_during_a_job_ends_the_job_and_the_store_comes_back_intact(
+    stack: LocalStack, client: RemindClient, user_photo, tmp_path, store
+):
+    template = _long_template(client, tmp_path, "fault-long")
+    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    job = client.create_gif_job(face.name, template)
+    stopped = False
+    try:
+        for event in client.watch(job.name):
+            if not stopped and event.progress.frames_done >= 10:
+                stack.stop("s3")
+                stopped = True
+            final = event
+    finally:
+        stack.start()
+    assert stopped
+    # Without the store the result cannot be kept: the job says so instead of hanging.
+    assert final.state == jobs_pb2.JOB_STATE_FAILED
+    assert final.error.code == 14 and "storage" in final.error.message
+    # Once the store is back the job's ended record reaches it, and work goes on.
+    deadline = time.monotonic() + 30
+    while client.get_job(job.name).state != jobs_pb2.JOB_STATE_FAILED:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    job_id = job.name.split("/")[1]
+    while True:
+        record = store.get_record("remind-records", f"local/jobs/{job_id}.json")
+        if record["job"]["state"] == "JOB_STATE_FAILED":
+            break
+        assert time.monotonic() < deadline, "the ended job's record never reached the store"
+        time.sleep(0.5)
+    assert not store.list_keys("remind-results", f"local/{job_id}/")
+    retried = client.create_gif_job(face.name, template)
+    assert list(client.watch(retried.name))[-1].state == jobs_pb2.JOB_STATE_SUCCEEDED

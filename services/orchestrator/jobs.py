@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from google.protobuf import json_format
@@ -29,6 +29,9 @@ TERMINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JO
 # How long a watcher sleeps between checks that its caller is still there.
 WATCH_POLL_SECONDS = 1.0
 MAX_ENDED_IN_MEMORY = 500
+QUEUE_FULL_RETRY_SECONDS = 30
+# How long an ended job's record is retried while the store is unreachable.
+RECORD_RETRY_SECONDS = 600.0
 
 
 class JobCancelled(Exception):
@@ -47,6 +50,18 @@ def job_id_of(name: str) -> str:
     return job_id
 
 
+def _is_page_token(token: str, prefix: str) -> bool:
+    """A page token is the record key of the previous page's last job: `{prefix}{id}.json`."""
+    job_id = token.removeprefix(prefix).removesuffix(".json")
+    if token != f"{prefix}{job_id}.json":
+        return False
+    try:
+        job_id_of(JOB_PREFIX + job_id)
+    except errors.InvalidInput:
+        return False
+    return True
+
+
 @dataclass
 class _LiveJob:
     tenant: str
@@ -54,6 +69,7 @@ class _LiveJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     version: int = 0
     persisted_at: float = 0.0
+    future: Future | None = None
 
 
 class JobContext:
@@ -149,13 +165,35 @@ class JobBoard:
                 self._persist(live)
             except errors.RemindError as error:
                 log.warning("job %s record not saved: %s", live.job.name, error)
+                if live.job.state in TERMINAL:
+                    self._persist_later(live)
+
+    def _persist_later(self, live: _LiveJob) -> None:
+        """An ended job's record must reach the store, or a restart would think it unfinished;
+        keep trying while the store is away."""
+
+        def retry() -> None:
+            deadline = time.monotonic() + RECORD_RETRY_SECONDS
+            while time.monotonic() < deadline:
+                time.sleep(2.0)
+                try:
+                    self._persist(live)
+                    log.info("job %s record saved after the store came back", live.job.name)
+                    return
+                except errors.RemindError:
+                    continue
+            log.error("job %s record could not be saved", live.job.name)
+
+        threading.Thread(target=retry, daemon=True, name="record-retry").start()
 
     def submit(self, tenant: str, job: jobs_pb2.Job, work: JobWork) -> jobs_pb2.Job:
         """Queues a job; refuses with RESOURCE_EXHAUSTED when too much work is pending."""
         with self._changed:
             if self._pending >= self.settings.max_pending_jobs:
                 raise errors.TooLarge(
-                    f"The server already has {self._pending} jobs pending; retry in a minute."
+                    f"The server already has {self._pending} jobs pending; retry in "
+                    f"{QUEUE_FULL_RETRY_SECONDS} s.",
+                    retry_after_seconds=QUEUE_FULL_RETRY_SECONDS,
                 )
             self._pending += 1
             JOBS_PENDING.set(self._pending)
@@ -174,7 +212,7 @@ class JobBoard:
             raise
         with self._changed:
             self._live[self._key(tenant, job.name)] = live
-        self._pool.submit(self._run, live, work)
+        live.future = self._pool.submit(self._run, live, work)
         return self.snapshot(live)
 
     def _run(self, live: _LiveJob, work: JobWork) -> None:
@@ -281,15 +319,27 @@ class JobBoard:
             )
         with self._changed:
             live = self._live.get(self._key(tenant, name))
-        if live is not None:
-            live.cancel.set()
-        return job
+        if live is None:
+            return job
+        live.cancel.set()
+        if live.future is not None and live.future.cancel():
+            # Still queued: it will never run, so it ends now and frees its place at once.
+            with self._changed:
+                self._pending -= 1
+                JOBS_PENDING.set(self._pending)
+            self._update(live, lambda job: setattr(job, "state", jobs_pb2.JOB_STATE_CANCELLED))
+        return self.snapshot(live)
 
     def list(self, tenant: str, page_size: int, page_token: str) -> tuple[list[jobs_pb2.Job], str]:
-        page_size = min(max(page_size or 50, 1), 200)
-        keys = sorted(
-            self.store.list_keys(self.settings.records_bucket, f"{tenant}/jobs/"), reverse=True
-        )
+        if page_size < 0:
+            raise errors.InvalidInput(f"page_size must not be negative, got {page_size}.")
+        page_size = min(page_size or 50, 200)
+        prefix = f"{tenant}/jobs/"
+        if page_token and not _is_page_token(page_token, prefix):
+            raise errors.InvalidInput(
+                "page_token is not one this server returned: list again without it."
+            )
+        keys = sorted(self.store.list_keys(self.settings.records_bucket, prefix), reverse=True)
         if page_token:
             keys = [key for key in keys if key < page_token]
         page = keys[:page_size]

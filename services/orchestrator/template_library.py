@@ -152,6 +152,10 @@ class TemplateLibrary:
     def _check_template(self, info: media.MediaInfo) -> str:
         if not info.has_video or info.frame_count < 1:
             raise errors.InvalidInput("The template has no frames: upload a GIF or an MP4.")
+        if info.width < 1 or info.height < 1:
+            raise errors.InvalidInput(
+                "The template's picture size cannot be read: its header is damaged or forged."
+            )
         kind = GIF if info.format_name == "gif" else VIDEO
         long_side, short_side = max(info.width, info.height), min(info.width, info.height)
         if (

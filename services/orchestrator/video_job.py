@@ -36,6 +36,8 @@ from services.shared import errors, media
 # Share of the progress bar each stage ends at.
 PREPARED, VOICE_EXTRACTED, FRAMES_DONE, ENCODED = 0.03, 0.2, 0.95, 0.97
 SYNTHETIC_MEDIA_TAG = "synthetic media: face and voice made by Re:Mind"
+# The voice service's stems: PCM s16le, 44.1 kHz stereo (voice.proto, StemChunk).
+VOCALS_RATE, VOCALS_FRAME_BYTES = 44100, 4
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class VideoJobRunner:
             info = media.probe(template_path)
 
             vocals_wav = Path(work) / "vocals.wav"
-            vocals, voice_engine = self._extract_voice(context, job_input)
+            vocals, voice_engine = self._extract_voice(context, job_input, info.duration_seconds)
             vocals_wav.write_bytes(vocals)
             features = self.lipsync.prepare_audio(vocals_wav.read_bytes(), job_input.lipsync_engine)
 
@@ -100,8 +102,11 @@ class VideoJobRunner:
             frames_with_face=facts["frames_with_face"],
         )
 
-    def _extract_voice(self, context: JobContext, job_input: VideoJobInput) -> tuple[bytes, str]:
-        """The vocals as a WAV file's bytes, and the engine that separated them."""
+    def _extract_voice(
+        self, context: JobContext, job_input: VideoJobInput, template_seconds: float
+    ) -> tuple[bytes, str]:
+        """The vocals, cut at the template's end, as a WAV file's bytes, and the engine that
+        separated them."""
         context.report(jobs_pb2.JOB_STAGE_EXTRACTING_VOICE, PREPARED)
         recording = self.media_library.read_bytes(job_input.voice, self.max_voice_bytes)
 
@@ -116,7 +121,10 @@ class VideoJobRunner:
             raise errors.FailedPrecondition(
                 "No speech was found in the voice recording; record a few sentences and try again."
             )
-        return pcm_to_wav(vocals), summary.engine
+        # Voice past the template's end is never heard; cutting it here also keeps a long
+        # recording within what the lipsync service accepts.
+        kept_bytes = int(template_seconds * VOCALS_RATE) * VOCALS_FRAME_BYTES
+        return pcm_to_wav(vocals[:kept_bytes], VOCALS_RATE), summary.engine
 
     def _render(
         self,

@@ -6,7 +6,14 @@ knows about gRPC.
 
 
 class RemindError(Exception):
-    """Base class: the message is shown to the caller, so it must say what to do."""
+    """Base class: the message is shown to the caller, so it must say what to do.
+
+    `retry_after_seconds` tells a caller refused for load when trying again makes sense.
+    """
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class InvalidInput(RemindError):

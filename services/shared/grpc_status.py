@@ -5,12 +5,16 @@ the mapped code and its message; anything else is logged with its traceback and 
 INTERNAL with a short reference, so callers never see a stack trace.
 """
 
+import datetime
 import logging
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from services.shared import errors
 from services.shared.handlers import wrap_handler
@@ -50,9 +54,23 @@ def error_from_rpc(rpc_error: grpc.RpcError, what: str) -> errors.RemindError:
     return kind(detail or f"{what} failed ({code.name})")
 
 
+def _with_retry_info(error: errors.RemindError) -> grpc.Status:
+    """The status with a google.rpc.RetryInfo detail, so clients know when to come back."""
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromTimedelta(datetime.timedelta(seconds=error.retry_after_seconds or 0))
+    detail = any_pb2.Any()
+    detail.Pack(retry)
+    code = status_for(error)
+    return rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=str(error), details=[detail])
+    )
+
+
 def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     if context.code() is not None:  # the handler already aborted with its own status
         raise error
+    if isinstance(error, errors.RemindError) and error.retry_after_seconds is not None:
+        context.abort_with_status(_with_retry_info(error))
     if isinstance(error, errors.RemindError):
         context.abort(status_for(error), str(error))
     reference = uuid.uuid4().hex[:12]

@@ -103,7 +103,9 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
                 )  # fmt: skip
             else:
                 path.write_bytes(request.data)
-            info = audio.probe_audio(path, max_seconds=float("inf"))
+            # Refusing here what SeparateVoice would refuse lets a caller reject a recording
+            # before queuing any work for it.
+            info = audio.probe_audio(path, self.settings.max_duration_seconds)
         return voice_pb2.ProbeAudioResponse(
             duration_seconds=info.duration_seconds,
             sample_rate_hz=info.sample_rate_hz,
