@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from remind.v1 import media_pb2
 
 from services.faceswap.config import FaceSwapSettings
 from services.faceswap.simswap import files
@@ -91,7 +92,15 @@ def service(models_dir: Path, resolution: int, batch: int, frames: list[np.ndarr
     client = FaceSwapClient(f"127.0.0.1:{port}", 64 << 20, 600)
     try:
         identity = client.prepare_identity(media.encode_image(sample_face_photo(0), "png"), "")
-        encoded = [media.encode_image(frame, "png") for frame in frames]
+        encoded = [
+            media_pb2.Frame(
+                index=index,
+                image=media_pb2.EncodedImage(
+                    data=media.encode_image(frame, "png"), format=media_pb2.IMAGE_FORMAT_PNG
+                ),
+            )
+            for index, frame in enumerate(frames)
+        ]
         list(client.swap_faces(identity, iter(encoded[:1])))  # warm-up
         started = time.perf_counter()
         responses = list(client.swap_faces(identity, iter(encoded)))
@@ -137,8 +146,10 @@ def main() -> None:
                 )
             del models
     header = f"{'model':>6}{'batch':>7}{'bare fwd f/s':>14}{'service f/s':>13}{'ratio':>8}"
-    print(f"SimSwap, {len(frames)} frames of {TEMPLATE}, {weights} weights, device "
-          f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {os.cpu_count()} cores")
+    print(
+        f"SimSwap, {len(frames)} frames of {TEMPLATE}, {weights} weights, device "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {os.cpu_count()} cores"
+    )
     print(header)
     for row in results:
         print(

@@ -69,6 +69,9 @@ def _with_retry_info(error: errors.RemindError) -> grpc.Status:
 def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     if context.code() is not None:  # the handler already aborted with its own status
         raise error
+    if isinstance(error, grpc.RpcError):
+        # The request stream itself broke: the client cancelled or went away mid-stream.
+        context.abort(grpc.StatusCode.CANCELLED, "The request stream ended before it was done.")
     if isinstance(error, errors.RemindError) and error.retry_after_seconds is not None:
         context.abort_with_status(_with_retry_info(error))
     if isinstance(error, errors.RemindError):

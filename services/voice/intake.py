@@ -10,8 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from minio.helpers import check_bucket_name
+from minio.helpers import check_object_name as check_key
+
 from services.shared.errors import InvalidInput, TooLarge
 from services.shared.storage import ObjectStore
+
+# S3's limit on a key's length, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
 
 
 def spool_chunks(chunks: Iterator[bytes], path: Path, max_bytes: int) -> int:
@@ -29,9 +35,27 @@ def spool_chunks(chunks: Iterator[bytes], path: Path, max_bytes: int) -> int:
     return size
 
 
-def fetch_object(store: ObjectStore, bucket: str, key: str, path: Path, max_bytes: int) -> int:
+def check_object_name(bucket: str, key: str) -> None:
+    """A caller's bucket and key, refused as S3 would refuse them, before the store is asked
+    (the SDK raises a bare ValueError for some, and the server a BadRequest for others)."""
     if not bucket or not key:
         raise InvalidInput("The source object needs both a bucket and a key.")
+    try:
+        check_bucket_name(bucket)
+    except ValueError:
+        raise InvalidInput(f"{bucket!r} is not a valid S3 bucket name.") from None
+    try:
+        check_key(key)
+    except ValueError:
+        raise InvalidInput(
+            f"{key!r} is not a valid key: it is blank or has a '.' or '..' segment."
+        ) from None
+    if len(key.encode()) > MAX_KEY_BYTES or any(ord(char) < 32 for char in key):
+        raise InvalidInput(f"Keys are at most {MAX_KEY_BYTES} bytes without control characters.")
+
+
+def fetch_object(store: ObjectStore, bucket: str, key: str, path: Path, max_bytes: int) -> int:
+    check_object_name(bucket, key)
     size = store.size(bucket, key)
     if size > max_bytes:
         raise TooLarge(

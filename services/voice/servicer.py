@@ -18,7 +18,7 @@ from services.shared.streams import with_idle_timeout
 from services.voice import audio
 from services.voice.config import VoiceSettings
 from services.voice.engines.base import ACCOMPANIMENT, VOCALS, VoiceEngine
-from services.voice.intake import fetch_object, spool_chunks
+from services.voice.intake import check_object_name, fetch_object, spool_chunks
 from services.voice.separation import Progress, SeparationFacts, StemBlock, separate
 
 STEM_NAMES = {voice_pb2.STEM_VOCALS: VOCALS, voice_pb2.STEM_ACCOMPANIMENT: ACCOMPANIMENT}
@@ -223,6 +223,7 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         store = self._require_store()
         targets = {stem: (prefix.bucket, stored_key(prefix.key, stem)) for stem in stems}
         for bucket, key in targets.values():
+            check_object_name(bucket, key)
             if store.exists(bucket, key):
                 raise errors.AlreadyExists(
                     f"{key} already exists and is never overwritten: choose a new prefix."
