@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.client import RemindClient
+from services.shared import media, watermark
 from services.stack import DEFAULT_BASE_PORT, ORCHESTRATOR, LocalStack
 
 app = typer.Typer(
@@ -153,6 +154,23 @@ def video(
 
 
 @app.command()
+def verify(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]) -> None:
+    """Check a GIF or video for the Re:Mind watermark (every output carries one)."""
+    verdict = watermark.verify(media.iter_frames(path))
+    if verdict.watermarked:
+        print(
+            f"{path}: synthetic, made by Re:Mind (watermark score {verdict.score:.1f} "
+            f"over {verdict.frames} frames)"
+        )
+    else:
+        print(
+            f"{path}: no Re:Mind watermark found (score {verdict.score:.1f} "
+            f"over {verdict.frames} frames)"
+        )
+        raise typer.Exit(1)
+
+
+@app.command()
 def templates() -> None:
     """List the templates."""
     with _client() as client:
@@ -219,7 +237,6 @@ def demo(
     Prints the GIF's path, then the MP4's path last.
     """
     from services.samples import sample_face_photo, sample_voice_recording
-    from services.shared import media
 
     stack = _stack()
     started_here = not stack.running()

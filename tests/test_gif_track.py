@@ -9,7 +9,7 @@ from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
 
 from services.client import RemindClient
-from services.shared import faces, media
+from services.shared import faces, media, watermark
 from services.shared.storage import ObjectStore
 from services.stack import LocalStack
 
@@ -75,6 +75,8 @@ def test_result_frames_decode_and_carry_the_photo_identity(
         to_template = faces.identity_distance(swapped, before)
         closer += to_photo < to_template
     assert compared >= 5
+    assert watermark.verify(output_frames).watermarked, "every output carries the watermark"
+    assert not watermark.verify(template_frames).watermarked
     assert closer >= 0.8 * compared, f"only {closer}/{compared} frames look like the photo"
 
 

@@ -11,7 +11,7 @@ from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
 
 from services.client import RemindClient
-from services.shared import faces, media
+from services.shared import faces, media, watermark
 from services.stack import LocalStack
 from services.voice import mixes
 
@@ -69,6 +69,7 @@ def test_the_mp4_plays_with_video_and_audio_as_long_as_the_template(video_job):
     assert codecs["audio"]["codec_name"] == "aac"
     assert abs(float(report["format"]["duration"]) - template.duration_seconds) < 0.1
     assert "synthetic" in report["format"]["tags"]["comment"]
+    assert watermark.verify(media.iter_frames(path)).watermarked
     assert job.result.frames_total == template.frame_count
     assert job.result.engines["voice"] == "spleeter"
     assert job.result.engines["lipsync"] == "mouth_motion"

@@ -22,7 +22,7 @@ from services.orchestrator.jobs import JobContext
 from services.orchestrator.media_library import MediaLibrary
 from services.orchestrator.model_clients import FaceSwapClient
 from services.orchestrator.template_library import TemplateLibrary, TemplateRecord
-from services.shared import errors, media
+from services.shared import errors, media, watermark
 
 # Share of the progress bar each stage takes.
 PREPARED, SWAPPED = 0.05, 0.95
@@ -66,7 +66,8 @@ class GifJobRunner:
 
                 def deliver(frame: DeliveredFrame) -> None:
                     swapped = frame.responses["faceswap"]
-                    gif.write(media.decode_image(frame.image, info.width * info.height))
+                    image = media.decode_image(frame.image, info.width * info.height)
+                    gif.write(watermark.embed(image))
                     facts["frames_with_face"] += swapped.face_found
                     facts["engine"] = swapped.engine
                     done = frame.index + 1

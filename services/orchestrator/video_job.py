@@ -31,7 +31,7 @@ from services.orchestrator.model_clients import (
     pcm_to_wav,
 )
 from services.orchestrator.template_library import TemplateLibrary, TemplateRecord
-from services.shared import errors, media
+from services.shared import errors, media, watermark
 
 # Share of the progress bar each stage ends at.
 PREPARED, VOICE_EXTRACTED, FRAMES_DONE, ENCODED = 0.03, 0.2, 0.95, 0.97
@@ -152,7 +152,8 @@ class VideoJobRunner:
 
             def deliver(frame: DeliveredFrame) -> None:
                 swapped, synced = frame.responses["faceswap"], frame.responses["lipsync"]
-                video.write(media.decode_image(frame.image, info.width * info.height))
+                image = media.decode_image(frame.image, info.width * info.height)
+                video.write(watermark.embed(image))
                 facts["frames_with_face"] += swapped.face_found
                 facts["faceswap"], facts["lipsync"] = swapped.engine, synced.engine
                 done = frame.index + 1
