@@ -100,7 +100,7 @@ def main() -> None:
     for key, value in results.items():
         print(f"{key:<28}{value!s:>12}" if not isinstance(value, str) else f"{key:<28} {value}")
     Path("out").mkdir(exist_ok=True)
-    Path("out/bench.json").write_text(json.dumps(results, indent=2))
+    Path("out/gif_bench.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
