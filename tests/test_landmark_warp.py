@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from services.faceswap.config import FaceSwapSettings
 from services.faceswap.engines.base import FaceIdentity, FaceSwapEngine
 from services.faceswap.engines.landmark_warp import (
     LandmarkSmoother,
@@ -18,7 +19,7 @@ from services.faceswap.engines.landmark_warp import (
     SourceFace,
     _decode_source_face,
 )
-from services.faceswap.engines.registry import ENGINES, create_engine
+from services.faceswap.engines.registry import create_engine, engine_factories
 from services.shared.errors import FailedPrecondition, InvalidInput
 from services.shared.faces import FaceAnalyzer, default_analyzer, identity_distance
 
@@ -303,7 +304,8 @@ def test_engine_is_picked_by_name():
     engine = create_engine("landmark_warp")
     assert isinstance(engine, LandmarkWarpEngine)
     assert isinstance(engine, FaceSwapEngine)
-    assert all(name == engine_class.name for name, engine_class in ENGINES.items())
+    factories = engine_factories(FaceSwapSettings())
+    assert all(name == factory().name for name, factory in factories.items())
 
 
 def test_unknown_engine_name_lists_the_known_ones():

@@ -13,7 +13,7 @@ from test_simswap_reference import build_models_dir
 
 from services.faceswap.config import FaceSwapSettings
 from services.faceswap.engines.base import FaceIdentity
-from services.faceswap.engines.registry import ENGINES, PREFERENCE
+from services.faceswap.engines.registry import engine_factories
 from services.faceswap.engines.simswap import SimSwapEngine, decode_identity
 from services.faceswap.simswap import files
 from services.faceswap.simswap.alignment import aligned_crop
@@ -38,11 +38,11 @@ def engine(models_dir: Path):
 
 
 def test_simswap_is_preferred_when_ready_and_auto_falls_back_without_weights(
-    models_dir, tmp_path, monkeypatch
+    models_dir, tmp_path
 ):
-    assert PREFERENCE[0] == "simswap"
-    monkeypatch.setenv("REMIND_FACESWAP_MODELS_DIR", str(tmp_path / "empty"))
-    catalog = EngineCatalog(ENGINES, PREFERENCE)
+    factories = engine_factories(FaceSwapSettings(models_dir=str(tmp_path / "empty")))
+    assert next(iter(factories)) == "simswap"
+    catalog = EngineCatalog(factories, tuple(factories))
     catalog.load_all()
     status = {s.name: s for s in catalog.statuses()}
     assert not status["simswap"].ready and "missing" in status["simswap"].detail

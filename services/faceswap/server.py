@@ -4,7 +4,7 @@ import grpc
 from remind.v1 import faceswap_pb2, faceswap_pb2_grpc
 
 from services.faceswap.config import FaceSwapSettings
-from services.faceswap.engines.registry import ENGINES, PREFERENCE
+from services.faceswap.engines.registry import engine_factories
 from services.faceswap.servicer import FaceSwapServicer
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.observability import configure_logging, watch_gpu_memory
@@ -12,7 +12,8 @@ from services.shared.server import RunningServer, serve_until_signalled, start_s
 
 
 def start(settings: FaceSwapSettings) -> RunningServer:
-    engines = EngineCatalog(ENGINES, PREFERENCE, settings.enabled_engines())
+    factories = engine_factories(settings)
+    engines = EngineCatalog(factories, tuple(factories), settings.enabled_engines())
     engines.load_all()
 
     def add_servicers(server: grpc.Server) -> list[str]:

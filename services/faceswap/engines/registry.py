@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from services.faceswap.config import FaceSwapSettings
 from services.faceswap.engines.base import FaceSwapEngine
 from services.faceswap.engines.landmark_warp import LandmarkWarpEngine
 from services.faceswap.engines.simswap import SimSwapEngine
 from services.shared.errors import InvalidInput
 
-# Best first: "auto" resolves to the first engine in this order that loaded.
-ENGINES: dict[str, type[FaceSwapEngine]] = {
-    "simswap": SimSwapEngine,
-    "landmark_warp": LandmarkWarpEngine,
-}
-PREFERENCE: tuple[str, ...] = tuple(ENGINES)
+
+def engine_factories(settings: FaceSwapSettings) -> dict[str, Callable[[], FaceSwapEngine]]:
+    """Best first: "auto" resolves to the first engine in this order that loaded."""
+    return {
+        "simswap": lambda: SimSwapEngine(settings),
+        "landmark_warp": LandmarkWarpEngine,
+    }
 
 
-def create_engine(name: str) -> FaceSwapEngine:
+def create_engine(name: str, settings: FaceSwapSettings | None = None) -> FaceSwapEngine:
     """A new, not yet loaded engine of this name."""
-    engine_class = ENGINES.get(name)
-    if engine_class is None:
-        known = ", ".join(sorted(ENGINES))
+    factories = engine_factories(settings or FaceSwapSettings.load())
+    if name not in factories:
+        known = ", ".join(sorted(factories))
         raise InvalidInput(f"Unknown face swap engine {name!r}: choose one of {known}.")
-    return engine_class()
+    return factories[name]()
