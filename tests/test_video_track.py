@@ -154,3 +154,23 @@ def test_bad_video_job_requests_get_clear_statuses(client, user_photo, astronaut
     assert "sound track" in error.details()
     error = _status(lambda: client.create_video_job(face.name, "media/" + "0" * 32, TEMPLATE))
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_unknown_or_unready_engines_are_refused_before_a_job_is_queued(client, user_photo):
+    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    voice = client.upload(mixes.wav_bytes(mixes.speech("en-us", "hello there", 2.0)), "v.wav")
+
+    def create(**engines: str) -> jobs_pb2.Job:
+        return client.jobs.CreateVideoJob(
+            jobs_pb2.CreateVideoJobRequest(
+                face_media=face.name, voice_media=voice.name, template=TEMPLATE, **engines
+            )
+        )
+
+    error = _status(lambda: create(voice_engine="demucs"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "spleeter" in error.details()
+    error = _status(lambda: create(lipsync_engine="sadtalker"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "mouth_motion" in error.details()
+    # No Wav2Lip weights are installed here: the engine exists but cannot run.
+    error = _status(lambda: create(lipsync_engine="wav2lip"))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "wav2lip" in error.details()

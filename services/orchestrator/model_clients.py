@@ -22,6 +22,7 @@ from remind.v1 import (
 )
 
 from services.orchestrator.frame_pipeline import FRAME_FORMAT
+from services.shared import errors
 from services.shared.grpc_status import error_from_rpc
 from services.shared.server import message_options
 from services.shared.tracing import trace_metadata
@@ -68,6 +69,21 @@ def _stream(
             responses.cancel()
 
 
+def _check_engine(engines: list[media_pb2.EngineInfo], name: str, what: str) -> None:
+    """Refuses an engine the service does not have or cannot run, before any work is queued."""
+    if name.strip().lower() in ("", "auto"):
+        return
+    by_name = {engine.name: engine for engine in engines}
+    if name not in by_name:
+        raise errors.InvalidInput(
+            f"Unknown engine {name!r} for {what.lower()}; its engines: {', '.join(by_name)}, auto."
+        )
+    if not by_name[name].ready:
+        raise errors.FailedPrecondition(
+            f"{what} cannot run engine {name!r} now: {by_name[name].detail}"
+        )
+
+
 def _audio_chunks(data: bytes) -> Iterator[media_pb2.AudioChunk]:
     for start in range(0, len(data), AUDIO_CHUNK_BYTES):
         yield media_pb2.AudioChunk(data=data[start : start + AUDIO_CHUNK_BYTES])
@@ -110,6 +126,12 @@ class LipSyncClient:
         self.channel = model_channel(address, max_message_bytes)
         self.stub = lipsync_pb2_grpc.LipSyncServiceStub(self.channel)
         self.timeout = timeout_seconds
+
+    def check_engine(self, name: str) -> None:
+        request = lipsync_pb2.ListLipSyncEnginesRequest()
+        _check_engine(
+            _unary(self.stub.ListLipSyncEngines, request, self.what).engines, name, self.what
+        )
 
     def prepare_audio(self, recording: bytes, engine: str) -> lipsync_pb2.AudioFeatures:
         """The engine's features of a voice recording (any container ffmpeg decodes)."""
@@ -156,6 +178,12 @@ class VoiceClient:
         self.channel = model_channel(address, max_message_bytes)
         self.stub = voice_pb2_grpc.VoiceServiceStub(self.channel)
         self.timeout = timeout_seconds
+
+    def check_engine(self, name: str) -> None:
+        request = voice_pb2.ListVoiceEnginesRequest()
+        _check_engine(
+            _unary(self.stub.ListVoiceEngines, request, self.what).engines, name, self.what
+        )
 
     def probe_audio(self, bucket: str, key: str) -> voice_pb2.ProbeAudioResponse:
         """Checks that a stored recording is audio the service can use, from its header."""

@@ -68,6 +68,7 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
                 templates,
                 faceswap,
                 voice,
+                lipsync,
                 gif_runner,
                 video_runner,
                 settings,

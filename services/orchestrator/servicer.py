@@ -17,7 +17,7 @@ from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.gif_job import GifJobInput, GifJobRunner
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary, MediaRecord
-from services.orchestrator.model_clients import FaceSwapClient, VoiceClient
+from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
 from services.orchestrator.template_library import GIF, VIDEO, TemplateLibrary, TemplateRecord
 from services.orchestrator.video_job import VideoJobInput, VideoJobRunner
 from services.shared import errors, wire
@@ -67,6 +67,7 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         templates: TemplateLibrary,
         faceswap: FaceSwapClient,
         voice: VoiceClient,
+        lipsync: LipSyncClient,
         gif_runner: GifJobRunner,
         video_runner: VideoJobRunner,
         settings: OrchestratorSettings,
@@ -76,6 +77,7 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         self.templates = templates
         self.faceswap = faceswap
         self.voice = voice
+        self.lipsync = lipsync
         self.gif_runner = gif_runner
         self.video_runner = video_runner
         self.settings = settings
@@ -120,7 +122,9 @@ class JobServicer(jobs_grpc.JobServiceServicer):
         if template.kind != VIDEO:
             raise errors.InvalidInput(f"{request.template} is not a video template.")
         voice = self.media_library.get(tenant, request.voice_media)
-        # Both checks now reject a bad photo or recording before any work is queued.
+        # These checks reject a bad engine, recording or photo before any work is queued.
+        self.voice.check_engine(request.voice_engine)
+        self.lipsync.check_engine(request.lipsync_engine)
         self.voice.probe_audio(voice.bucket, voice.key)
         photo = self.media_library.read_bytes(
             self.media_library.get(tenant, request.face_media), self.settings.max_upload_bytes
