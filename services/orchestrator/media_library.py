@@ -58,7 +58,7 @@ class _ChunkReader:
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._buffer = b""
+        self._buffer = bytearray()
         self.digest = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
@@ -67,10 +67,11 @@ class _ChunkReader:
             if chunk is None:
                 break
             self.digest.update(chunk)
-            self._buffer += chunk
+            self._buffer.extend(chunk)
         if size < 0:
             size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
         return data
 
 
@@ -170,7 +171,8 @@ class MediaLibrary:
         media_id = uuid.uuid4().hex
         key = f"{tenant}/{job_id}/{media_id}{path.suffix}"
         self.store.put_new_file(self.settings.results_bucket, key, path, content_type)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with open(path, "rb") as result:
+            digest = hashlib.file_digest(result, "sha256").hexdigest()
         media = MediaRecord(
             MEDIA_PREFIX + media_id,
             self.settings.results_bucket,
