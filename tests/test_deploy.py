@@ -172,7 +172,7 @@ def settings_class(prefix: str) -> type | None:
         for value in vars(module).values()
         if isinstance(value, type)
         and issubclass(value, ServerSettings)
-        and value is not ServerSettings
+        and value.__module__ == module.__name__
         and dataclasses.is_dataclass(value)
     ]
     assert len(classes) == 1, f"services/{prefix}/config.py should define one settings class"

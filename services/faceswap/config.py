@@ -3,16 +3,14 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.shared.settings import ServerSettings, from_env
+from services.shared.settings import ModelServerSettings, from_env
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
-class FaceSwapSettings(ServerSettings):
+class FaceSwapSettings(ModelServerSettings):
     port: int = 50061
-    # Comma-separated engines to load at start; empty loads every known engine.
-    engines: str = ""
     # A 50-megapixel photo is refused: nothing useful needs more than this.
     max_photo_pixels: int = 40_000_000
     # Template frames are at most 1080p.
@@ -37,6 +35,3 @@ class FaceSwapSettings(ServerSettings):
 
     def models_path(self) -> Path:
         return Path(self.models_dir) if self.models_dir else REPOSITORY_ROOT / "models"
-
-    def enabled_engines(self) -> list[str]:
-        return [name.strip() for name in self.engines.split(",") if name.strip()]

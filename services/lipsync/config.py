@@ -3,16 +3,14 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.shared.settings import ServerSettings, from_env
+from services.shared.settings import ModelServerSettings, from_env
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
-class LipSyncSettings(ServerSettings):
+class LipSyncSettings(ModelServerSettings):
     port: int = 50081
-    # Comma-separated engines to load at start; empty loads every known engine.
-    engines: str = ""
     # Neural engine weights (see README, Lipsync service); empty: models/ at the repository root.
     models_dir: str = ""
     # Which published Wav2Lip generator serves: "wav2lip_gan" (better visuals) or "wav2lip"
@@ -46,6 +44,3 @@ class LipSyncSettings(ServerSettings):
 
     def models_path(self) -> Path:
         return Path(self.models_dir) if self.models_dir else REPOSITORY_ROOT / "models"
-
-    def enabled_engines(self) -> list[str]:
-        return [name.strip() for name in self.engines.split(",") if name.strip()]

@@ -6,14 +6,21 @@ import signal
 import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
+from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.shared.engine_catalog import EngineCatalog
 from services.shared.grpc_status import StatusInterceptor
-from services.shared.observability import MetricsInterceptor, start_metrics_endpoint
-from services.shared.settings import ServerSettings
+from services.shared.observability import (
+    MetricsInterceptor,
+    start_metrics_endpoint,
+    watch_gpu_memory,
+)
+from services.shared.settings import ModelServerSettings, ServerSettings
 from services.shared.tracing import TraceInterceptor
 
 log = logging.getLogger(__name__)
@@ -94,6 +101,29 @@ def start_server(
     )
     running.set_serving(True)
     log.info("listening on %s:%d", settings.host, port)
+    return running
+
+
+def start_model_server(
+    settings: ModelServerSettings,
+    factories: dict[str, Callable[[], Any]],
+    make_servicer: Callable[[EngineCatalog], Any],
+    add_servicer: Callable[[Any, grpc.Server], None],
+    service: ServiceDescriptor,
+) -> RunningServer:
+    """Starts a model service: its engines loaded once (best first, as `factories` lists them),
+    its servicer, and everything `start_server` adds; the engines are released on stop."""
+    engines = EngineCatalog(factories, tuple(factories), settings.enabled_engines())
+    engines.load_all()
+    servicer = make_servicer(engines)
+
+    def add_servicers(server: grpc.Server) -> list[str]:
+        add_servicer(servicer, server)
+        return [service.full_name]
+
+    running = start_server(settings, add_servicers)
+    running.on_stop.append(engines.close)
+    watch_gpu_memory()
     return running
 
 

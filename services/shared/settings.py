@@ -64,3 +64,14 @@ class ServerSettings:
     max_workers: int = 16
     max_message_bytes: int = 8 * 1024 * 1024
     shutdown_grace_seconds: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelServerSettings(ServerSettings):
+    """What every model service adds: which of its engines to load."""
+
+    # Comma-separated engines to load at start; empty loads every known engine.
+    engines: str = ""
+
+    def enabled_engines(self) -> list[str]:
+        return [name.strip() for name in self.engines.split(",") if name.strip()]

