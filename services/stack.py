@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -47,7 +47,8 @@ class StackInfo:
     secret_key: str
     pids: dict[str, int]
     # API key per tenant, for local clients; the orchestrator holds only their digests.
-    api_keys: dict[str, str]
+    # (Absent from the state files of older stacks, which must still stop.)
+    api_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def s3_endpoint(self) -> str:
