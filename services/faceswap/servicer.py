@@ -4,7 +4,7 @@ import logging
 from collections.abc import Iterator
 
 import grpc
-from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
+from remind.v1 import faceswap_pb2, faceswap_pb2_grpc
 
 from services.faceswap.config import FaceSwapSettings
 from services.faceswap.engines.base import FaceIdentity, FaceSwapEngine
@@ -56,29 +56,19 @@ class FaceSwapServicer(faceswap_pb2_grpc.FaceSwapServiceServicer):
         request_iterator: Iterator[faceswap_pb2.SwapFacesRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[faceswap_pb2.SwapFacesResponse]:
-        first = next(request_iterator, None)
-        wire.require(
-            first is not None and first.HasField("config"),
-            "The first SwapFaces message must be the config.",
+        config = wire.first_message(
+            request_iterator, "config", "The first SwapFaces message must be the config."
         )
-        config = first.config
         identity = identity_from_proto(config.identity)
         engine = self.engines.resolve(identity.engine)
         swapper = engine.start_stream(identity)
         frames_done = FRAMES.labels("faceswap", engine.name)
 
-        def submit_frames(requests: Iterator[faceswap_pb2.SwapFacesRequest]):
-            for request in requests:
-                wire.require(
-                    request.HasField("frame"), "Only frames may follow the config in SwapFaces."
-                )
-                frame = media.decode_image(request.frame.image.data, self.settings.max_frame_pixels)
-                yield request.frame.index, swapper.submit(frame)
-
         frames, with_face = 0, 0
-        for index, pending in read_ahead(
-            submit_frames(request_iterator), self.settings.frames_in_flight
-        ):
+        frames_submitted = wire.submitted_frames(
+            request_iterator, swapper.submit, self.settings.max_frame_pixels, "SwapFaces"
+        )
+        for index, pending in read_ahead(frames_submitted, self.settings.frames_in_flight):
             swapped = pending.result()
             frames_done.inc()
             frames += 1
@@ -96,9 +86,6 @@ class FaceSwapServicer(faceswap_pb2_grpc.FaceSwapServiceServicer):
         self, request: faceswap_pb2.ListFaceSwapEnginesRequest, context: grpc.ServicerContext
     ) -> faceswap_pb2.ListFaceSwapEnginesResponse:
         return faceswap_pb2.ListFaceSwapEnginesResponse(
-            engines=[
-                media_pb2.EngineInfo(name=s.name, ready=s.ready, detail=s.detail, device=s.device)
-                for s in self.engines.statuses()
-            ],
+            engines=wire.engine_infos(self.engines.statuses()),
             default_engine=self.engines.default_name(),
         )

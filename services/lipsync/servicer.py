@@ -6,12 +6,12 @@ import logging
 from collections.abc import Iterator
 
 import grpc
-from remind.v1 import lipsync_pb2, lipsync_pb2_grpc, media_pb2
+from remind.v1 import lipsync_pb2, lipsync_pb2_grpc
 
 from services.lipsync.audio import decode_voice
 from services.lipsync.config import LipSyncSettings
 from services.lipsync.engines.base import AudioFeatures, LipSyncEngine
-from services.shared import media, wire
+from services.shared import wire
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.errors import TooLarge
 from services.shared.observability import FRAMES
@@ -49,12 +49,11 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServiceServicer):
         requests = with_idle_timeout(
             request_iterator, self.settings.request_idle_timeout_seconds, "PrepareAudio"
         )
-        first = next(requests, None)
-        wire.require(
-            first is not None and first.HasField("config"),
+        config = wire.first_message(
+            requests,
+            "config",
             "The first PrepareAudio message must be the config; the audio chunks follow it.",
         )
-        config = first.config
         engine = self.engines.resolve(config.engine)
         data = self._receive_audio(requests)
         samples = decode_voice(data, config.format, self.settings.max_audio_seconds)
@@ -85,12 +84,11 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServiceServicer):
         requests = with_idle_timeout(
             request_iterator, self.settings.request_idle_timeout_seconds, "SyncLips"
         )
-        first = next(requests, None)
-        wire.require(
-            first is not None and first.HasField("config"),
+        config = wire.first_message(
+            requests,
+            "config",
             "The first SyncLips message must be the config; the frames follow it.",
         )
-        config = first.config
         wire.require(
             0 < config.fps <= self.settings.max_fps,
             f"fps must be above 0 and at most {self.settings.max_fps:g}, got {config.fps:g}.",
@@ -101,12 +99,9 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServiceServicer):
         frames_done = FRAMES.labels("lipsync", engine.name)
 
         def submit_frames(stream: Iterator[lipsync_pb2.SyncLipsRequest]):
-            for request in stream:
-                wire.require(
-                    request.HasField("frame"), "Only frames may follow the config in SyncLips."
-                )
-                frame = media.decode_image(request.frame.image.data, self.settings.max_frame_pixels)
-                yield request.frame.index, syncer.submit(frame)
+            yield from wire.submitted_frames(
+                stream, syncer.submit, self.settings.max_frame_pixels, "SyncLips"
+            )
             syncer.finish()
 
         frames, with_face = 0, 0
@@ -128,9 +123,6 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServiceServicer):
         self, request: lipsync_pb2.ListLipSyncEnginesRequest, context: grpc.ServicerContext
     ) -> lipsync_pb2.ListLipSyncEnginesResponse:
         return lipsync_pb2.ListLipSyncEnginesResponse(
-            engines=[
-                media_pb2.EngineInfo(name=s.name, ready=s.ready, detail=s.detail, device=s.device)
-                for s in self.engines.statuses()
-            ],
+            engines=wire.engine_infos(self.engines.statuses()),
             default_engine=self.engines.default_name(),
         )

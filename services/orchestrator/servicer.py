@@ -237,10 +237,8 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         request_iterator: Iterator[media_pb2.UploadMediaRequest],
         context: grpc.ServicerContext,
     ) -> media_pb2.UploadMediaResponse:
-        first = next(request_iterator, None)
-        wire.require(
-            first is not None and first.HasField("metadata"),
-            "The first UploadMedia message must be the metadata.",
+        metadata = wire.first_message(
+            request_iterator, "metadata", "The first UploadMedia message must be the metadata."
         )
 
         def chunks() -> Iterator[bytes]:
@@ -249,7 +247,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                 yield request.chunk
 
         record = self.media_library.upload_stream(
-            current_tenant(), first.metadata.content_type, first.metadata.filename, chunks()
+            current_tenant(), metadata.content_type, metadata.filename, chunks()
         )
         return media_pb2.UploadMediaResponse(media=media_to_proto(record))
 

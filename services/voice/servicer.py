@@ -121,12 +121,11 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         requests = with_idle_timeout(
             request_iterator, self.settings.request_idle_timeout_seconds, "SeparateVoice"
         )
-        first = next(requests, None)
-        wire.require(
-            first is not None and first.HasField("config"),
+        config = wire.first_message(
+            requests,
+            "config",
             "The first SeparateVoice message must be the config; the audio chunks follow it.",
         )
-        config = first.config
         engine = self.engines.resolve(config.engine)
         stems = requested_stems(config)
         if not self.slots.acquire(blocking=False):
@@ -234,10 +233,7 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         self, request: voice_pb2.ListVoiceEnginesRequest, context: grpc.ServicerContext
     ) -> voice_pb2.ListVoiceEnginesResponse:
         return voice_pb2.ListVoiceEnginesResponse(
-            engines=[
-                media_pb2.EngineInfo(name=s.name, ready=s.ready, detail=s.detail, device=s.device)
-                for s in self.engines.statuses()
-            ],
+            engines=wire.engine_infos(self.engines.statuses()),
             default_engine=self.engines.default_name(),
         )
 
