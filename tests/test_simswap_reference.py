@@ -2,17 +2,25 @@
 
 The reference classes below follow the official modules class by class and layer by layer
 (`models/fs_networks.py`, `models/fs_networks_512.py`, `models/arcface_models.py`), with the
-official class names. Registered under the official module path `models.arcface_models`
-(only inside these tests, through sys.modules), they also produce ArcFace files in the
-official pickled formats. Other SimSwap tests import the checkpoint builders from here.
+official class names. The ArcFace ones are also written out as a source file under each
+official module name in a temporary directory, so that `torch.save` pickles them exactly as
+the official files were pickled: named `models.arcface_models.*` (SimSwap's file) or
+`models.*` (InsightFace-v2's training checkpoint), with each class's source recorded in
+torch's legacy format. Other SimSwap tests import the checkpoint builders from here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import inspect
+import math
 import os
 import sys
+import tempfile
 import types
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +39,6 @@ from services.faceswap.simswap.checkpoints import (
 )
 from services.shared.model_files import record_files
 
-OFFICIAL_MODULE = "models.arcface_models"
 SMALL_ARCFACE_LAYERS = (1, 1, 1, 1)
 
 
@@ -255,10 +262,9 @@ class ArcMarginModel(nn.Module):
         nn.init.xavier_uniform_(self.weight)
         self.easy_margin = False
         self.m, self.s = margin_m, margin_s
-
-
-def official_arcface(layers=SMALL_ARCFACE_LAYERS) -> ResNet:
-    return ResNet(IRBlock, list(layers), use_se=True)
+        self.cos_m, self.sin_m = math.cos(margin_m), math.sin(margin_m)
+        self.th = math.cos(math.pi - margin_m)
+        self.mm = math.sin(math.pi - margin_m) * margin_m
 
 
 def official_identity(network: ResNet, crops: torch.Tensor) -> torch.Tensor:
@@ -272,22 +278,49 @@ def official_identity(network: ResNet, crops: torch.Tensor) -> torch.Tensor:
 # --- Files in the official formats -------------------------------------------------------------
 
 
-def _register_official_module() -> None:
-    """Puts the reference ArcFace classes at the official import path, as pickle records it."""
-    package = sys.modules.get("models") or types.ModuleType("models")
-    package.__path__ = []
-    module = types.ModuleType(OFFICIAL_MODULE)
-    for cls in (ResNet, IRBlock, SEBlock, ArcMarginModel):
-        cls.__module__ = OFFICIAL_MODULE
-        setattr(module, cls.__name__, cls)
-    sys.modules["models"] = package
-    sys.modules[OFFICIAL_MODULE] = module
+# InsightFace-v2 (2019, torch 1.x) saved the older file from its top-level `models.py`;
+# SimSwap's own file pickles the network from `models/arcface_models.py`.
+TRAINING_MODULE = "models"
+SIMSWAP_MODULE = "models.arcface_models"
+# form -> (module the classes are pickled from, torch's legacy format: records class sources)
+ARCFACE_FORMS = {
+    "whole_module": (SIMSWAP_MODULE, False),
+    "whole_module_legacy": (SIMSWAP_MODULE, True),
+    "training_dict": (TRAINING_MODULE, True),
+}
 
 
-def _unregister_official_module() -> None:
-    sys.modules.pop(OFFICIAL_MODULE, None)
-    if getattr(sys.modules.get("models"), "__path__", None) == []:
-        sys.modules.pop("models", None)
+def _official_arcface_source() -> str:
+    header = "import math\n\nimport torch\nfrom torch import nn\n\n\n"
+    parts = (conv3x3, SEBlock, IRBlock, ResNet, ArcMarginModel)
+    return header + "\n\n".join(inspect.getsource(part) for part in parts)
+
+
+def _drop_modules(top: str) -> dict[str, types.ModuleType]:
+    names = [name for name in sys.modules if name == top or name.startswith(f"{top}.")]
+    return {name: sys.modules.pop(name) for name in names}
+
+
+@contextlib.contextmanager
+def official_arcface_code(module_name: str) -> Iterator[types.ModuleType]:
+    """The reference ArcFace classes importable as `module_name` from a real file, then gone."""
+    top = module_name.split(".")[0]
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        source = root.joinpath(*module_name.split(".")).with_suffix(".py")
+        source.parent.mkdir(parents=True, exist_ok=True)
+        for package in source.relative_to(root).parents[:-1]:
+            (root / package / "__init__.py").touch()
+        source.write_text(_official_arcface_source())
+        earlier = _drop_modules(top)
+        sys.path.insert(0, directory)
+        importlib.invalidate_caches()
+        try:
+            yield importlib.import_module(module_name)
+        finally:
+            sys.path.remove(directory)
+            _drop_modules(top)
+            sys.modules.update(earlier)
 
 
 def randomise_batch_norms(network: nn.Module, seed: int) -> nn.Module:
@@ -304,29 +337,48 @@ def randomise_batch_norms(network: nn.Module, seed: int) -> nn.Module:
     return network.eval()
 
 
-def save_official_arcface(network: ResNet, path: Path, form: str = "module") -> None:
-    """`module`: the published whole pickled module; `training_dict`: the older checkpoint."""
+def save_official_arcface(path: Path, form: str = "whole_module", seed: int = 0) -> nn.Module:
+    """Writes an ArcFace file as the official code did; returns the network it holds.
+
+    `whole_module`: the network pickled whole (torch >= 1.6 zip format, no class sources);
+    `whole_module_legacy`: the same in torch's legacy format; `training_dict`: InsightFace-v2's
+    `train.py` checkpoint, `DataParallel` network and head plus SGD, in the legacy format.
+    """
+    module_name, legacy = ARCFACE_FORMS[form]
     path.parent.mkdir(parents=True, exist_ok=True)
-    _register_official_module()
-    try:
-        if form == "module":
-            torch.save(network, path)
-        else:
-            wrapped = nn.DataParallel(network)
-            optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
-            checkpoint = {
+    with official_arcface_code(module_name) as official:
+        torch.manual_seed(seed)
+        network = official.ResNet(official.IRBlock, list(SMALL_ARCFACE_LAYERS), use_se=True)
+        randomise_batch_norms(network, seed)
+        content: object = network
+        if form == "training_dict":
+            model = nn.DataParallel(network)
+            metric_fc = nn.DataParallel(official.ArcMarginModel())
+            optimizer = torch.optim.SGD(
+                [{"params": model.parameters()}, {"params": metric_fc.parameters()}],
+                lr=0.1,
+                momentum=0.9,
+                weight_decay=5e-4,
+            )
+            content = {
                 "epoch": 12,
                 "epochs_since_improvement": 0,
-                "model": wrapped,
-                "metric_fc": ArcMarginModel(),
+                "acc": 99.2,
+                "model": model,
+                "metric_fc": metric_fc,
                 "optimizer": optimizer,
             }
-            # A 2019-era file: torch's legacy (non-zip) serialisation.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "couldn't retrieve source"
-                torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
-    finally:
-        _unregister_official_module()
+        torch.save(content, path, _use_new_zipfile_serialization=not legacy)
+    return network
+
+
+def pickled_bytes(path: Path) -> bytes:
+    """The pickle stream of a torch file: `data.pkl` of the zip format, else the whole file."""
+    if not zipfile.is_zipfile(path):
+        return path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        name = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+        return archive.read(name)
 
 
 def save_official_generator(network: nn.Module, path: Path) -> None:
@@ -336,10 +388,8 @@ def save_official_generator(network: nn.Module, path: Path) -> None:
 
 def build_models_dir(models_dir: Path, resolutions=(224,), seed: int = 0) -> Path:
     """A models directory with random weights in the official formats, and its manifest."""
-    torch.manual_seed(seed)
     root = models_dir
-    arcface = randomise_batch_norms(official_arcface(), seed)
-    save_official_arcface(arcface, root / files.ARCFACE.path)
+    save_official_arcface(root / files.ARCFACE.path, seed=seed)
     for resolution in resolutions:
         generator = randomise_batch_norms(official_generator(resolution), seed + resolution)
         save_official_generator(generator, root / files.GENERATORS[resolution].path)
@@ -348,12 +398,6 @@ def build_models_dir(models_dir: Path, resolutions=(224,), seed: int = 0) -> Pat
 
 
 # --- Tests -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def reference_arcface() -> ResNet:
-    torch.manual_seed(1)
-    return randomise_batch_norms(official_arcface(), 1)
 
 
 @pytest.fixture(scope="module")
@@ -398,32 +442,38 @@ def test_generator_batches_give_the_same_result_as_single_frames(reference_gener
     assert float((batched - single).abs().max()) <= 1e-4
 
 
-@pytest.mark.parametrize("form", ["module", "training_dict"])
-def test_arcface_loads_both_published_forms_without_the_official_code(
-    form, reference_arcface, tmp_path
-):
+@pytest.mark.parametrize("form", ARCFACE_FORMS)
+def test_arcface_loads_every_published_form_without_the_official_code(form, tmp_path):
     path = tmp_path / "arcface_checkpoint.tar"
-    save_official_arcface(reference_arcface, path, form)
-    assert OFFICIAL_MODULE not in sys.modules, "the official module path is not importable"
+    original = save_official_arcface(path, form, seed=1)
+    module_name, legacy = ARCFACE_FORMS[form]
+    pickled = pickled_bytes(path)
+    assert f"{module_name}\nResNet\n".encode() in pickled, "pickled under the official name"
+    assert (b"class IRBlock(nn.Module):" in pickled) == legacy, "legacy files record sources"
+    assert not any(name.split(".")[0] == "models" for name in sys.modules), "not importable"
 
-    ours = load_arcface(path)
-    assert set(ours.state_dict()) == set(reference_arcface.state_dict())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = load_arcface(path)
+    assert [str(warning.message) for warning in caught] == []
+    assert set(ours.state_dict()) == set(original.state_dict())
     crops = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        expected = official_identity(reference_arcface, crops)
+        expected = official_identity(original, crops)
         embedding = identity_embedding(ours, crops)
     assert embedding.shape == (2, 512)
     assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-5)
-    assert float((embedding - expected).abs().max()) <= 1e-4
+    assert float((embedding - expected).abs().max()) <= 1e-5
 
 
-def test_arcface_converts_once_to_a_plain_state_dict(reference_arcface, tmp_path):
+@pytest.mark.parametrize("form", ["whole_module", "training_dict"])
+def test_arcface_converts_once_to_a_plain_state_dict(form, tmp_path):
     pickled = tmp_path / "arcface_checkpoint.tar"
-    save_official_arcface(reference_arcface, pickled)
+    original = save_official_arcface(pickled, form)
     converted = tmp_path / "arcface.pth"
     convert_arcface(pickled, converted)
     state = torch.load(converted, weights_only=True)
-    assert set(state) == set(reference_arcface.state_dict())
+    assert set(state) == set(original.state_dict())
     assert set(load_arcface(converted).state_dict()) == set(state)
 
 
@@ -435,14 +485,25 @@ class _RunsCode:
         return (os.remove, (str(self.sentinel),))
 
 
-def test_arcface_loader_refuses_to_run_code_named_in_the_file(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_arcface_loader_refuses_to_run_code_named_in_the_file(legacy, tmp_path):
     sentinel = tmp_path / "still-here"
     sentinel.write_text("x")
     path = tmp_path / "arcface_checkpoint.tar"
-    torch.save({"model": _RunsCode(sentinel)}, path)
-    with pytest.raises(CheckpointError, match="not an allowed class"):
+    torch.save({"model": _RunsCode(sentinel)}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError, match="remove, which is not an allowed class"):
         load_arcface(path)
     assert sentinel.exists()
+
+
+def test_arcface_loader_refuses_an_official_module_class_outside_the_allow_list(tmp_path):
+    path = tmp_path / "arcface_checkpoint.tar"
+    with official_arcface_code(TRAINING_MODULE) as official:
+        # InsightFace-v2's models.py has more classes (MobileNet...); only the IR-SE ones load.
+        official.MobileNet = type("MobileNet", (official.SEBlock,), {"__module__": TRAINING_MODULE})
+        torch.save({"model": official.MobileNet(64)}, path)
+    with pytest.raises(CheckpointError, match="models.MobileNet, which is not an allowed class"):
+        load_arcface(path)
 
 
 def test_generator_with_wrong_shapes_or_extra_keys_is_refused(reference_generators, tmp_path):

@@ -1,12 +1,18 @@
 """A pickle module for `torch.load(pickle_module=...)` that only rebuilds an allow-list of names.
 
 The official ArcFace file is a whole pickled `nn.Module` (`models.arcface_models.ResNet`); an
-older one is a training checkpoint dict holding a `DataParallel` around it, an SGD optimizer
-and an `ArcMarginModel`. Plain `torch.load` would need the official repository on the path
-and would run whatever code the file names. Here every global the file asks for is looked up
-in `ALLOWED`: official SimSwap classes map to inert stand-ins that only hold their state (the
-weights are then copied into our own network by state_dict), torch's own layer classes and
-tensor rebuild functions map to themselves, and anything else is refused with a clear error.
+older one is InsightFace-v2's training checkpoint dict (its `train.py`): a `DataParallel` around
+the network, an `ArcMarginModel` head and an SGD optimizer, with the classes named after that
+repository's top-level `models.py` (`models.ResNet`, ...). Plain `torch.load` would need the
+official code on the path and would run whatever code the file names. Here every global the
+file asks for is looked up in `ALLOWED`: the official classes, under both module names, map to
+an inert stand-in that only holds their state (the weights are then copied into our own network
+by state_dict), torch's own layer classes and tensor rebuild functions map to themselves, and
+anything else is refused with a clear error.
+
+torch's legacy (pre-1.6) format also records each nn.Module class's source and, on load,
+compares it with the class it gets back: that class must be an nn.Module (torch reads
+`dump_patches`); the SourceChangeWarnings that follow are noise, silenced by the caller.
 
 Used as `torch.load(path, pickle_module=restricted_pickle, weights_only=False)`: torch wraps
 `Unpickler` and calls our `find_class` for every global except storage types.
@@ -26,12 +32,16 @@ from torch import nn
 class ModuleState(nn.Module):
     """Stands in for an official nn.Module class: holds its parameters, buffers and children."""
 
+    # SimSwap's notebooks set `nn.Module.dump_patches = True`; torch would then write a
+    # `.patch` file into the working directory for every stand-in of a legacy file.
+    dump_patches = False
+
     def forward(self, *args: Any) -> Any:  # pragma: no cover - never called
         raise TypeError("a checkpoint stand-in is not runnable: copy its state_dict instead")
 
 
 class IgnoredObject:
-    """Stands in for objects a checkpoint carries that inference does not need (optimizer...)."""
+    """Stands in for the optimizer of the training checkpoint, which inference does not need."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> IgnoredObject:
         return super().__new__(cls)
@@ -43,7 +53,11 @@ class IgnoredObject:
         pass
 
 
-_OFFICIAL = "models.arcface_models"
+# InsightFace-v2 pickled the older file from its top-level `models.py`; SimSwap re-pickled the
+# network from `models/arcface_models.py`.
+_OFFICIAL_MODULES = ("models", "models.arcface_models")
+# The training head (ArcMarginModel) is an nn.Module too: held by the stand-in, then dropped.
+_OFFICIAL_CLASSES = ("ResNet", "IRBlock", "SEBlock", "ArcMarginModel")
 _LAYERS = {
     "torch.nn.modules.conv": ("Conv2d",),
     "torch.nn.modules.batchnorm": ("BatchNorm1d", "BatchNorm2d"),
@@ -55,12 +69,7 @@ _LAYERS = {
 }
 
 ALLOWED: dict[tuple[str, str], Any] = {
-    # The official network classes: inert holders of state.
-    (_OFFICIAL, "ResNet"): ModuleState,
-    (_OFFICIAL, "IRBlock"): ModuleState,
-    (_OFFICIAL, "SEBlock"): ModuleState,
-    # The training head and optimizer of the older checkpoint: dropped.
-    (_OFFICIAL, "ArcMarginModel"): IgnoredObject,
+    # The optimizer of the older checkpoint: dropped.
     ("torch.optim.sgd", "SGD"): IgnoredObject,
     ("torch.optim.optimizer", "_RequiredParameter"): IgnoredObject,
     # DataParallel only wraps the network in `.module`; the stand-in keeps that child.
@@ -80,6 +89,9 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("torch", "Size"): torch.Size,
     ("torch", "float32"): torch.float32,
 }
+for _module in _OFFICIAL_MODULES:
+    for _name in _OFFICIAL_CLASSES:
+        ALLOWED[(_module, _name)] = ModuleState
 for _module, _names in _LAYERS.items():
     for _name in _names:
         ALLOWED[(_module, _name)] = getattr(nn, _name)
