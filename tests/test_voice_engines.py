@@ -1,16 +1,29 @@
-"""Voice engines without a network: the checkpoint reader, the U-Net port, streaming STFT."""
+"""Voice engines without a network: the checkpoint reader, the ONNX conversion and its cache,
+streaming STFT, and the Wiener filter's two passes."""
 
+import logging
 import shutil
 
 import numpy as np
 import pytest
 
 from services.shared.errors import EngineNotReady
-from services.voice.engines.base import ACCOMPANIMENT, VOCALS
+from services.voice.engines.base import ACCOMPANIMENT, STEMS, VOCALS, VoiceEngine
 from services.voice.engines.spectral import SpectralEngine
-from services.voice.engines.spleeter import SpleeterEngine, load_state_dicts, packaged_model_dir
-from services.voice.engines.tensor_bundle import read_index
-from services.voice.spectrogram import SegmentedSeparator
+from services.voice.engines.spleeter import SpleeterEngine
+from services.voice.separation import Progress, SeparationFacts, StemBlock, separate
+from services.voice.spectrogram import (
+    FRAME_LENGTH,
+    FRAME_STEP,
+    EstimateSegment,
+    Segment,
+    SegmentedSeparator,
+    SeparateSegment,
+    stft_frames,
+)
+from services.voice.spleeter import checkpoints
+from services.voice.spleeter.checkpoints import converted_model, packaged_model_dir
+from services.voice.spleeter.tensor_bundle import read_index, read_tensors
 
 OFFICIAL = packaged_model_dir()
 
@@ -69,33 +82,58 @@ def test_spleeter_refuses_a_truncated_data_file(tmp_path):
 
 
 def test_spleeter_refuses_missing_variables_and_wrong_shapes(monkeypatch):
-    from services.voice.engines import spleeter
-    from services.voice.engines.tensor_bundle import read_tensors
-
     official = read_tensors(OFFICIAL / "model")
     missing = {k: v for k, v in official.items() if k != "conv2d_13/kernel"}
-    monkeypatch.setattr(spleeter, "read_tensors", lambda prefix: missing)
-    with pytest.raises(EngineNotReady, match="lacks 1 variable"):
-        spleeter.convert_checkpoint(OFFICIAL)
+    monkeypatch.setattr(checkpoints, "read_tensors", lambda prefix: missing)
+    with pytest.raises(EngineNotReady, match="lacks 1 variable.*accompaniment"):
+        checkpoints.convert_checkpoint(OFFICIAL)
     reshaped = {**official, "conv2d_3/kernel": np.zeros((3, 3, 64, 128), np.float32)}
-    monkeypatch.setattr(spleeter, "read_tensors", lambda prefix: reshaped)
+    monkeypatch.setattr(checkpoints, "read_tensors", lambda prefix: reshaped)
     with pytest.raises(EngineNotReady, match="conv2d_3/kernel has shape"):
-        spleeter.convert_checkpoint(OFFICIAL)
+        checkpoints.convert_checkpoint(OFFICIAL)
 
 
-def test_converted_checkpoint_is_cached_and_reused(tmp_path):
-    first = load_state_dicts(OFFICIAL, tmp_path)
-    cached = list(tmp_path.glob("spleeter-2stems-*.pt"))
-    assert len(cached) == 1
-    again = load_state_dicts(OFFICIAL, tmp_path)
-    assert all(np.array_equal(first[0][k].numpy(), again[0][k].numpy()) for k in first[0])
+def test_converted_checkpoint_is_cached_reused_and_rebuilt_when_damaged(tmp_path):
+    first = converted_model(OFFICIAL, tmp_path)
+    assert first.official and first.sha256 == checkpoints.OFFICIAL_SHA256
+    cached = list(tmp_path.glob("spleeter-2stems-*.onnx"))
+    assert [first.source] == cached
+    written = cached[0].stat().st_mtime_ns
+    again = converted_model(OFFICIAL, tmp_path)
+    assert again.source == first.source and cached[0].stat().st_mtime_ns == written
     cached[0].write_bytes(b"damaged")  # a damaged cache is rebuilt, never trusted
-    rebuilt = load_state_dicts(OFFICIAL, tmp_path)
-    assert np.array_equal(rebuilt[1]["mask.weight"].numpy(), first[1]["mask.weight"].numpy())
+    engine = SpleeterEngine(str(OFFICIAL), cache_dir=str(tmp_path))
+    engine.load()
+    assert cached[0].stat().st_size > 70_000_000
+    segment = _segment(np.random.default_rng(4).standard_normal((40_000, 2)) * 0.1)
+    assert set(engine.separate(segment)) == set(STEMS)
+
+
+def test_a_checkpoint_other_than_the_official_release_loads_with_a_warning(tmp_path, caplog):
+    for name in ("model.index", "model.data-00000-of-00001"):
+        shutil.copy(OFFICIAL / name, tmp_path / name)
+    with open(tmp_path / "model.data-00000-of-00001", "r+b") as data:
+        data.seek(1000)
+        data.write(b"\x00\x00\x00\x40")  # a batch norm scale of 1.0 becomes 2.0
+    with caplog.at_level(logging.WARNING):
+        model = converted_model(tmp_path, tmp_path / "cache")
+    assert not model.official
+    assert "not the official 2stems release" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        converted_model(OFFICIAL, tmp_path / "cache")
+    assert "not the official" not in caplog.text
+
+
+def _segment(samples: np.ndarray, frames: int = 64) -> Segment:
+    span = (frames - 1) * FRAME_STEP + FRAME_LENGTH
+    waveform = np.zeros((span, 2), np.float32)
+    waveform[: min(span, len(samples))] = samples[:span]
+    return Segment(stft_frames(waveform, frames), waveform, 0)
 
 
 def test_spleeter_masks_partition_the_modelled_band_and_zero_the_rest(tmp_path):
-    engine = SpleeterEngine(cache_dir=str(tmp_path))
+    engine = SpleeterEngine(cache_dir=str(tmp_path / "cache"))
     engine.load()
     samples = np.random.default_rng(2).standard_normal((60_000, 2)).astype(np.float32) * 0.1
     separator = SegmentedSeparator(engine.start_stream(), (VOCALS, ACCOMPANIMENT))
@@ -106,7 +144,7 @@ def test_spleeter_masks_partition_the_modelled_band_and_zero_the_rest(tmp_path):
     original = np.abs(np.fft.rfft(samples[:, 0]))
     cut = int(len(spectrum) * 11_000 / 22_050)
     high = int(len(spectrum) * 12_000 / 22_050)
-    assert np.allclose(spectrum[100:cut - 200], original[100:cut - 200], rtol=0.05, atol=0.5)
+    assert np.allclose(spectrum[100 : cut - 200], original[100 : cut - 200], rtol=0.05, atol=0.5)
     assert spectrum[high:].max() < 0.01 * original[high:].max()
 
 
@@ -117,3 +155,105 @@ def test_spectral_engine_runs_without_weights():
     stems = _separate(SegmentedSeparator(engine.start_stream(), (VOCALS, ACCOMPANIMENT)),
                       samples, 50_000)  # fmt: skip
     np.testing.assert_allclose(stems[VOCALS] + stems[ACCOMPANIMENT], samples, atol=1e-4)
+
+
+class _FrameLocalEngine(VoiceEngine):
+    """Magnitude estimates that depend on each frame alone, with stems that differ by
+    frequency and by channel, so every part of the Wiener filter matters."""
+
+    name = "frame_local"
+
+    def load(self) -> None:
+        pass
+
+    def start_stream(self) -> SeparateSegment:
+        raise AssertionError("the Wiener filter separates from magnitude estimates only")
+
+    def start_magnitude_stream(self) -> EstimateSegment:
+        return lambda segment: _frame_local_estimates(segment.stft)
+
+    def close(self) -> None:
+        pass
+
+
+def _frame_local_estimates(stft: np.ndarray) -> dict[str, np.ndarray]:
+    magnitude = np.abs(stft)
+    ramp = np.linspace(1.0, 0.0, stft.shape[1], dtype=np.float32)[None, :, None]
+    return {
+        VOCALS: magnitude * ramp,
+        ACCOMPANIMENT: magnitude * (1.0 - ramp) * np.array([0.5, 1.5], np.float32) + 1e-3,
+    }
+
+
+def _norbert_wiener(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """norbert.wiener(v, x) of norbert 0.2.1 with its defaults, on whole arrays:
+    v (frames, bins, channels, sources), x (frames, bins, channels)."""
+    eps = float(np.finfo(np.float32).eps)
+    x = x.astype(np.complex128)
+    y = v / (eps + v.sum(axis=-1, keepdims=True)) * x[..., None]
+    scale = max(1.0, np.abs(x).max() / 10.0)
+    x, y = x / scale, y / scale
+    power = np.mean(np.abs(y) ** 2, axis=2)
+    covariance = (
+        np.einsum("tfis,tfjs->fijs", y, y.conj()) / (eps + power.sum(axis=0))[:, None, None, :]
+    )
+    mixture = np.einsum("tfs,fijs->tfij", power, covariance) + np.sqrt(eps) * np.eye(2)
+    gain = np.einsum("tfs,fijs,tfjk->tfiks", power, covariance, np.linalg.inv(mixture))
+    return np.einsum("tfiks,tfk->tfis", gain, x) * scale
+
+
+@pytest.mark.parametrize("overlap", [0, 16])
+def test_wiener_filter_in_two_streaming_passes_equals_norbert_on_the_whole_recording(overlap):
+    rng = np.random.default_rng(5)
+    left = rng.standard_normal(600_000).astype(np.float32)
+    samples = np.stack([left, 0.6 * left + 0.4 * rng.standard_normal(600_000)], axis=1) * 0.2
+    samples = samples.astype(np.float32)
+    blocks = [samples[start : start + 88_200] for start in range(0, len(samples), 88_200)]
+    events = list(separate(_FrameLocalEngine(), lambda: iter(blocks), STEMS, 600_000 / 44_100,
+                           wiener=True, overlap_frames=overlap))  # fmt: skip
+    ours = {stem: np.concatenate([e.samples for e in events
+                                  if isinstance(e, StemBlock) and e.stem == stem])
+            for stem in STEMS}  # fmt: skip
+    assert isinstance(events[-1], SeparationFacts)
+    progress = [e.seconds_done for e in events if isinstance(e, Progress)]
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(600_000 / 44_100)
+
+    # The reference: the whole recording's STFT as official Spleeter takes it (one frame of
+    # zeros first, the end padded), filtered at once, resynthesised by the same overlap-add.
+    frames = -(-(len(samples) + FRAME_LENGTH) // FRAME_STEP)
+    padded = np.zeros(((frames - 1) * FRAME_STEP + FRAME_LENGTH, 2), np.float32)
+    padded[FRAME_LENGTH : FRAME_LENGTH + len(samples)] = samples
+    mixture = stft_frames(padded, frames)
+    estimates = _frame_local_estimates(mixture)
+    v = np.stack([estimates[stem] for stem in STEMS], axis=-1)
+    filtered = _norbert_wiener(v, mixture)
+    reference_stft = {stem: filtered[..., index] for index, stem in enumerate(STEMS)}
+
+    reference = _resynthesised(reference_stft, samples)
+    for stem in STEMS:
+        assert _snr(reference[stem], ours[stem]) > 100, stem
+    # The filter changes the stems: they are not its starting point, the plain soft masks.
+    soft = v / (np.finfo(np.float32).eps + v.sum(axis=-1, keepdims=True)) * mixture[..., None]
+    soft_masked = _resynthesised({s: soft[..., i] for i, s in enumerate(STEMS)}, samples)
+    assert _snr(soft_masked[VOCALS], ours[VOCALS]) < 40
+
+
+def _resynthesised(stfts: dict[str, np.ndarray], samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Whole-recording STFTs turned back into samples by the streaming overlap-add."""
+
+    def lookup(segment: Segment) -> dict[str, np.ndarray]:
+        count = segment.stft.shape[0]
+        out = {}
+        for stem, stft in stfts.items():
+            part = np.zeros_like(segment.stft)
+            available = stft[segment.first_frame : segment.first_frame + count]
+            part[: len(available)] = available
+            out[stem] = part
+        return out
+
+    return _separate(SegmentedSeparator(lookup, STEMS), samples, len(samples))
+
+
+def _snr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    error = np.sum((reference.astype(np.float64) - estimate) ** 2)
+    return float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / error))

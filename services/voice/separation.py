@@ -1,19 +1,25 @@
-"""Separating one recording: decoded blocks in, stem blocks and progress out, in order.
+"""Separating one recording: decoded blocks in; progress, stem blocks and the facts out, in order.
 
-Plain Python, no gRPC: the servicer turns these events into messages, and tests and the
+Plain Python, no gRPC: `separate` is a generator of events. `Progress` and `StemBlock` come as
+the work goes; the last event is always the `SeparationFacts` (engine, duration, voiced
+seconds). The servicer turns the events into messages; the file command, tests and the
 benchmark call it directly.
+
+Data path: decoded 44.1 kHz stereo blocks -> SegmentedSeparator (STFT segments -> the engine
+-> overlap-add) -> stem blocks as soon as they are final. With the Wiener filter the recording
+is decoded twice (wiener.py: whole-recording statistics first, then the filtered stems).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from services.voice.engines.base import ACCOMPANIMENT, VOCALS, VoiceEngine
-from services.voice.spectrogram import Segment, SegmentedSeparator
-from services.voice.wiener import wiener_filter
+from services.voice.engines.base import STEMS, VOCALS, VoiceEngine
+from services.voice.spectrogram import Segment, SegmentedSeparator, SeparateSegment
+from services.voice.wiener import WienerStatistics
 
 SAMPLE_RATE = 44100
 # Voice activity in the vocals stem, in 100 ms blocks: a block is voiced when it is louder
@@ -24,6 +30,10 @@ ACTIVITY_MIN_SHARE = 10 ** (-20 / 20)
 # A recording with less voice than this has "no voice found".
 MIN_VOICED_SECONDS = 0.5
 
+# Decodes the recording from its start, in blocks (float32 (n, 2), 44.1 kHz); called once, or
+# twice with the Wiener filter.
+Decode = Callable[[], Iterable[np.ndarray]]
+
 
 @dataclass(frozen=True)
 class StemBlock:
@@ -33,16 +43,19 @@ class StemBlock:
 
 @dataclass(frozen=True)
 class Progress:
+    """Seconds of the recording done; with the Wiener filter each pass counts for half."""
+
     seconds_done: float
     seconds_total: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class SeparationFacts:
+    """The last event of a separation."""
+
     engine: str
-    duration_seconds: float = 0.0
-    voiced_seconds: float = 0.0
-    peak: dict[str, float] = field(default_factory=dict)
+    duration_seconds: float
+    voiced_seconds: float
 
     @property
     def voice_found(self) -> bool:
@@ -78,27 +91,23 @@ class VoiceActivity:
 
 def separate(
     engine: VoiceEngine,
-    blocks: Iterable[np.ndarray],
+    decode: Decode,
     stems: tuple[str, ...],
     seconds_total: float,
-    facts: SeparationFacts,
     wiener: bool = False,
     overlap_frames: int = 0,
-) -> Iterator[StemBlock | Progress]:
-    """Separates 44.1 kHz stereo float32 blocks; yields the requested stems as they are final.
-
-    `facts` is filled in as the stream goes (duration, voiced seconds, peaks).
-    """
-    separate_segment = engine.start_stream()
+) -> Iterator[StemBlock | Progress | SeparationFacts]:
+    """Separates a recording; yields progress, the requested stems' blocks as they are final,
+    and finally the facts."""
+    share = 1.0
     if wiener:
-
-        def separate_segment_filtered(segment: Segment, inner=separate_segment):  # type: ignore[no-untyped-def]
-            return wiener_filter(segment.stft, inner(segment))
-
-        run = separate_segment_filtered
+        statistics = WienerStatistics(STEMS)
+        yield from _gather_statistics(engine, decode, statistics, seconds_total, overlap_frames)
+        run = _filtered(engine, statistics)
+        share = 0.5
     else:
-        run = separate_segment
-    separator = SegmentedSeparator(run, (VOCALS, ACCOMPANIMENT), overlap_frames)
+        run = engine.start_stream()
+    separator = SegmentedSeparator(run, STEMS, overlap_frames)
     activity = VoiceActivity()
     mixture = _MixtureDelay()
     samples_in = samples_out = 0
@@ -110,18 +119,51 @@ def separate(
         samples_out += len(vocals)
         for stem in stems:
             if len(ready[stem]):
-                facts.peak[stem] = max(facts.peak.get(stem, 0.0), float(np.abs(ready[stem]).max()))
                 yield StemBlock(stem, ready[stem])
 
-    for block in blocks:
+    def progress() -> Progress:
+        total = max(seconds_total, samples_in / SAMPLE_RATE)
+        return Progress(total * (1 - share) + share * samples_out / SAMPLE_RATE, total)
+
+    for block in decode():
         samples_in += len(block)
         mixture.put(block)
         yield from emit(separator.push(block))
-        yield Progress(samples_out / SAMPLE_RATE, max(seconds_total, samples_in / SAMPLE_RATE))
+        yield progress()
     yield from emit(separator.finish())
-    facts.duration_seconds = samples_out / SAMPLE_RATE
-    facts.voiced_seconds = activity.voiced_seconds
-    yield Progress(facts.duration_seconds, facts.duration_seconds)
+    duration = samples_out / SAMPLE_RATE
+    yield Progress(duration, duration)
+    yield SeparationFacts(engine.name, duration, activity.voiced_seconds)
+
+
+def _gather_statistics(
+    engine: VoiceEngine,
+    decode: Decode,
+    statistics: WienerStatistics,
+    seconds_total: float,
+    overlap_frames: int,
+) -> Iterator[Progress]:
+    """The Wiener filter's first pass over the whole recording; no stems come out of it."""
+    estimate = engine.start_magnitude_stream()
+
+    def analyse(segment: Segment) -> dict[str, np.ndarray]:
+        statistics.add(segment.first_frame, segment.stft, estimate(segment))
+        return {}
+
+    analysis = SegmentedSeparator(analyse, (), overlap_frames)
+    samples_in = 0
+    for block in decode():
+        samples_in += len(block)
+        analysis.push(block)
+        seconds_in = samples_in / SAMPLE_RATE
+        yield Progress(0.5 * seconds_in, max(seconds_total, seconds_in))
+    analysis.finish()
+    statistics.finish()
+
+
+def _filtered(engine: VoiceEngine, statistics: WienerStatistics) -> SeparateSegment:
+    estimate = engine.start_magnitude_stream()
+    return lambda segment: statistics.filter(segment.stft, estimate(segment))
 
 
 class _MixtureDelay:

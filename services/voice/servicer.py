@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import soundfile
 from remind.v1 import media_pb2, voice_pb2, voice_pb2_grpc
 
 from services.shared import errors, wire
+from services.shared.audio import RawPcm, to_pcm_s16le
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.storage import ObjectStore
-from services.shared.streams import with_idle_timeout
 from services.voice import audio
 from services.voice.config import VoiceSettings
 from services.voice.engines.base import ACCOMPANIMENT, VOCALS, VoiceEngine
@@ -23,6 +22,11 @@ from services.voice.separation import Progress, SeparationFacts, StemBlock, sepa
 
 STEM_NAMES = {voice_pb2.STEM_VOCALS: VOCALS, voice_pb2.STEM_ACCOMPANIMENT: ACCOMPANIMENT}
 STEM_ENUMS = {name: enum for enum, name in STEM_NAMES.items()}
+STEM_FORMAT = media_pb2.AudioFormat(
+    encoding=media_pb2.AUDIO_ENCODING_PCM_S16LE,
+    sample_rate_hz=audio.SAMPLE_RATE,
+    channels=audio.CHANNELS,
+)
 
 
 def requested_stems(config: voice_pb2.SeparationConfig) -> tuple[str, ...]:
@@ -34,10 +38,10 @@ def requested_stems(config: voice_pb2.SeparationConfig) -> tuple[str, ...]:
     return tuple(name for name in (VOCALS, ACCOMPANIMENT) if name in stems)
 
 
-def raw_format(audio_format: media_pb2.AudioFormat) -> audio.RawPcm | None:
+def raw_format(audio_format: media_pb2.AudioFormat) -> RawPcm | None:
     if audio_format.encoding != media_pb2.AUDIO_ENCODING_PCM_S16LE:
         return None
-    return audio.RawPcm(audio_format.sample_rate_hz, audio_format.channels)
+    return RawPcm(audio_format.sample_rate_hz, audio_format.channels)
 
 
 def stored_key(prefix: str, stem: str) -> str:
@@ -67,7 +71,7 @@ class _PcmChunker:
     @staticmethod
     def _message(stem: str, data: bytes) -> voice_pb2.SeparateVoiceResponse:
         return voice_pb2.SeparateVoiceResponse(
-            chunk=voice_pb2.StemChunk(stem=STEM_ENUMS[stem], data=data)
+            chunk=voice_pb2.StemChunk(stem=STEM_ENUMS[stem], data=data, format=STEM_FORMAT)
         )
 
 
@@ -118,13 +122,11 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         request_iterator: Iterator[voice_pb2.SeparateVoiceRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[voice_pb2.SeparateVoiceResponse]:
-        requests = with_idle_timeout(
-            request_iterator, self.settings.request_idle_timeout_seconds, "SeparateVoice"
-        )
-        config = wire.first_message(
-            requests,
-            "config",
-            "The first SeparateVoice message must be the config; the audio chunks follow it.",
+        config, requests = wire.opened_stream(
+            request_iterator,
+            self.settings.request_idle_timeout_seconds,
+            "SeparateVoice",
+            "the audio chunks, unless it names a stored source,",
         )
         engine = self.engines.resolve(config.engine)
         stems = requested_stems(config)
@@ -156,30 +158,20 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
             )  # fmt: skip
         else:
             spool_chunks(_audio_chunks(requests), recording, self.settings.max_input_bytes)
-        info = audio.probe_audio(recording, self.settings.max_duration_seconds, raw)
-        decoded_seconds = audio.check_decodable(recording, info, raw)
-        if decoded_seconds > self.settings.max_duration_seconds:
-            raise errors.TooLarge(
-                f"The recording decodes to {decoded_seconds:.0f} s, over the limit of "
-                f"{self.settings.max_duration_seconds:.0f} s."
-            )
+        checked = audio.checked_recording(recording, self.settings.max_duration_seconds, raw)
         targets = self._storage_targets(config, stems)
-
-        facts = SeparationFacts(engine=engine.name)
+        events = separate(
+            engine,
+            lambda: checked.blocks(self.settings.decode_block_seconds),
+            stems,
+            checked.seconds,
+            wiener=config.wiener_filter,
+            overlap_frames=self.settings.segment_overlap_frames,
+        )
         chunker = _PcmChunker(self.settings.output_chunk_bytes)
-        writers = {stem: soundfile.SoundFile(
-            str(work / f"{stem}.wav"), "w", audio.SAMPLE_RATE, audio.CHANNELS, "PCM_16"
-        ) for stem in targets}  # fmt: skip
+        writers = {stem: audio.StemWriter(work / f"{stem}.wav") for stem in targets}
+        facts: SeparationFacts | None = None
         try:
-            events = separate(
-                engine,
-                audio.iter_audio(recording, self.settings.decode_block_seconds, raw),
-                stems,
-                decoded_seconds,
-                facts,
-                wiener=config.wiener_filter,
-                overlap_frames=self.settings.segment_overlap_frames,
-            )
             for event in events:
                 if isinstance(event, Progress):
                     yield voice_pb2.SeparateVoiceResponse(
@@ -188,13 +180,17 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
                         )
                     )
                 elif isinstance(event, StemBlock):
+                    pcm = to_pcm_s16le(event.samples)
                     if event.stem in writers:
-                        writers[event.stem].write(event.samples)
-                    yield from chunker.add(event.stem, audio.to_pcm_s16le(event.samples))
+                        writers[event.stem].write(pcm)
+                    yield from chunker.add(event.stem, pcm)
+                else:
+                    facts = event
             yield from chunker.flush()
         finally:
             for writer in writers.values():
                 writer.close()
+        assert facts is not None, "a separation always ends with its facts"
         stored = []
         for stem, (bucket, key) in targets.items():
             self._require_store().put_new_file(bucket, key, work / f"{stem}.wav", "audio/wav")
@@ -232,10 +228,7 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
     def ListVoiceEngines(
         self, request: voice_pb2.ListVoiceEnginesRequest, context: grpc.ServicerContext
     ) -> voice_pb2.ListVoiceEnginesResponse:
-        return voice_pb2.ListVoiceEnginesResponse(
-            engines=wire.engine_infos(self.engines.statuses()),
-            default_engine=self.engines.default_name(),
-        )
+        return wire.engine_list(self.engines, voice_pb2.ListVoiceEnginesResponse)
 
 
 def _audio_chunks(requests: Iterator[voice_pb2.SeparateVoiceRequest]) -> Iterator[bytes]:

@@ -9,8 +9,9 @@ sum at 75 % overlap is 1.5), then drops the leading frame of zeros.
 `SegmentedSeparator` does exactly that on a stream: samples go in as they are decoded, each
 complete segment is separated as soon as its last frame is covered, and output samples leave
 as soon as no later frame overlaps them. Memory is one segment (~12 s) whatever the length.
-Segments may overlap by a few frames, cross-faded, to hide the network's edges; with no
-overlap the output equals the official one.
+Segments may overlap by a few frames, cross-faded, to hide the network's edges
+(`segment_overlap_frames`, 0 by default); with no overlap the output equals the official one.
+With no stems to return, the same segments are only analysed (the Wiener filter's first pass).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 FRAME_LENGTH = 4096
 FRAME_STEP = 1024
 SEGMENT_FRAMES = 512  # Spleeter's T
+HOPS_PER_FRAME = FRAME_LENGTH // FRAME_STEP
 BINS = FRAME_LENGTH // 2 + 1
 CHANNELS = 2
 WINDOW_COMPENSATION = 2.0 / 3.0
@@ -43,6 +45,8 @@ class Segment:
 
 # An engine's separation of one segment: complex STFT per stem, same shape as the input.
 SeparateSegment = Callable[[Segment], dict[str, np.ndarray]]
+# An engine's magnitude estimate of each stem for one segment: float32 (frames, BINS, CHANNELS).
+EstimateSegment = Callable[[Segment], dict[str, np.ndarray]]
 
 
 def stft_frames(waveform: np.ndarray, frames: int) -> np.ndarray:
@@ -137,6 +141,8 @@ class SegmentedSeparator:
         self._input_start += drop
 
     def _overlap_add(self, stems: dict[str, np.ndarray], first_frame: int) -> None:
+        if not stems:
+            return
         frames = next(iter(stems.values())).shape[0]
         start = first_frame * FRAME_STEP
         end = start + (frames - 1) * FRAME_STEP + FRAME_LENGTH
@@ -147,14 +153,20 @@ class SegmentedSeparator:
                 buffer = np.concatenate([buffer, np.zeros((needed - len(buffer), CHANNELS), "f4")])
             signal = np.fft.irfft(spectrum.transpose(0, 2, 1), n=FRAME_LENGTH, axis=-1)
             signal = (signal * (WINDOW * WINDOW_COMPENSATION)).astype(np.float32)
+            # Each frame is HOPS_PER_FRAME consecutive hops; adding hop j of every frame at once,
+            # last hop first, sums each sample in frame order, as a frame-by-frame loop would.
+            hops = signal.transpose(0, 2, 1).reshape(frames, HOPS_PER_FRAME, FRAME_STEP, CHANNELS)
             base = start - self._output_start
-            for index in range(frames):
-                at = base + index * FRAME_STEP
-                buffer[at : at + FRAME_LENGTH] += signal[index].T
+            for hop in reversed(range(HOPS_PER_FRAME)):
+                at = base + hop * FRAME_STEP
+                target = buffer[at : at + frames * FRAME_STEP].reshape(frames, FRAME_STEP, CHANNELS)
+                target += hops[:, hop]
             self._output[stem] = buffer
 
     def _take_final(self, final_before: int | None) -> dict[str, np.ndarray]:
         """Output samples before padded index `final_before` (None: all), minus the padding."""
+        if not self._stems:
+            return {}
         limit = self._output_start + len(next(iter(self._output.values())))
         if final_before is not None:
             limit = min(limit, final_before)

@@ -7,24 +7,19 @@ Engines only see spectrogram segments, so streaming, limits and codecs are writt
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import ClassVar
+from abc import abstractmethod
 
-from services.voice.spectrogram import SeparateSegment
+import numpy as np
+
+from services.shared.engines import Engine
+from services.voice.spectrogram import EstimateSegment, Segment, SeparateSegment
 
 VOCALS = "vocals"
 ACCOMPANIMENT = "accompaniment"
 STEMS = (VOCALS, ACCOMPANIMENT)
 
 
-class VoiceEngine(ABC):
-    name: ClassVar[str]
-    device: str = "cpu"
-
-    @abstractmethod
-    def load(self) -> None:
-        """Load models once per process; raise EngineNotReady if the engine cannot serve."""
-
+class VoiceEngine(Engine):
     @abstractmethod
     def start_stream(self) -> SeparateSegment:
         """A separation function for the segments of one stream, in order.
@@ -33,6 +28,14 @@ class VoiceEngine(ABC):
         so it is not shared between streams.
         """
 
-    @abstractmethod
-    def close(self) -> None:
-        """Release models and anything else held since `load`."""
+    def start_magnitude_stream(self) -> EstimateSegment:
+        """Each stem's magnitude estimate (frames, bins, 2) per segment: what the multichannel
+        Wiener filter starts from. By default the magnitudes of the separated stems; a network
+        that estimates magnitudes overrides this with its raw output, as official Spleeter hands
+        `norbert.wiener` its network's outputs rather than the masked mixture."""
+        separate = self.start_stream()
+
+        def magnitudes(segment: Segment) -> dict[str, np.ndarray]:
+            return {stem: np.abs(stft) for stem, stft in separate(segment).items()}
+
+        return magnitudes

