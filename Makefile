@@ -63,6 +63,7 @@ run: setup
 
 test: setup test-packages
 	$(PY) -m ruff check services tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 up: setup
@@ -85,6 +86,7 @@ fetch-weights: setup
 
 lint: setup
 	$(PY) -m ruff check services tests benchmarks
+	$(PY) -m mypy
 	$(BUF) lint
 
 clean: down

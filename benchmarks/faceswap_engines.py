@@ -31,7 +31,7 @@ from services.faceswap.simswap.models import SimSwapModels
 from services.orchestrator.builtin_templates import render_builtin_gif
 from services.orchestrator.model_clients import FaceSwapClient
 from services.samples import sample_face_photo
-from services.shared import media
+from services.shared import images, video
 from services.shared.faces import default_analyzer
 from services.shared.model_files import check_files, record_files
 
@@ -91,12 +91,12 @@ def service(models_dir: Path, resolution: int, batch: int, frames: list[np.ndarr
     running = start(FaceSwapSettings(**{**settings.__dict__, "port": port, "engines": "simswap"}))
     client = FaceSwapClient(f"127.0.0.1:{port}", 64 << 20, 600)
     try:
-        identity = client.prepare_identity(media.encode_image(sample_face_photo(0), "png"), "")
+        identity = client.prepare_identity(images.encode_image(sample_face_photo(0), "png"), "")
         encoded = [
             media_pb2.Frame(
                 index=index,
                 image=media_pb2.EncodedImage(
-                    data=media.encode_image(frame, "png"), format=media_pb2.IMAGE_FORMAT_PNG
+                    data=images.encode_image(frame, "png"), format=media_pb2.IMAGE_FORMAT_PNG
                 ),
             )
             for index, frame in enumerate(frames)
@@ -118,7 +118,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         models_dir, weights = usable_models_dir(Path(work))
         render_builtin_gif(TEMPLATE, Path(work) / "template.gif")
-        frames = list(media.iter_frames(Path(work) / "template.gif"))[:FRAMES]
+        frames = list(video.iter_frames(Path(work) / "template.gif"))[:FRAMES]
         detector = DlibFivePointDetector(default_analyzer())
         for resolution in (224, 512):
             models = SimSwapModels(
@@ -129,6 +129,7 @@ def main() -> None:
             crops = []
             for frame in frames:
                 face = primary_face(detector, frame)
+                assert face is not None, "every benchmark frame shows a face"
                 crops.append(
                     aligned_crop(frame, estimate_alignment(face.points, resolution), resolution)
                 )

@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 from remind.v1 import job_service_pb2 as jobs_pb2
+from remind.v1 import template_service_pb2 as templates_pb2
 from skimage import data
 
 from services.client import RemindClient
-from services.faceswap.engines.registry import create_engine
-from services.shared import media
+from services.faceswap.config import FaceSwapSettings
+from services.faceswap.engines.registry import engine_factories
+from services.shared import images, video
 from services.shared.settings import S3Settings
 from services.shared.storage import ObjectStore
 from services.stack import LocalStack, ports_free
@@ -43,28 +45,28 @@ def time_jobs(client: RemindClient, photo: bytes, template: str) -> tuple[list[f
 
 
 def time_engine(template_path: Path) -> list[float]:
-    engine = create_engine("landmark_warp")
+    engine = engine_factories(FaceSwapSettings.load())["landmark_warp"]()
     engine.load()
     identity = engine.prepare_identity(data.astronaut())
-    frames = list(media.iter_frames(template_path))
+    frames = list(video.iter_frames(template_path))
     seconds = []
     for _ in range(RUNS):
         swapper = engine.start_stream(identity)
         started = time.perf_counter()
         for frame in frames:
-            swapper.swap(frame)
+            swapper.process(frame)
         seconds.append(time.perf_counter() - started)
     return seconds
 
 
 def main() -> None:
-    photo = media.encode_image(data.astronaut(), "png")
+    photo = images.encode_image(data.astronaut(), "png")
     with tempfile.TemporaryDirectory() as work:
         stack = LocalStack(Path(work) / "stack", _free_base())
         info = stack.start()
         try:
             with RemindClient(info.orchestrator_address, info.api_keys["local"]) as client:
-                template = client.list_templates(1)[0]
+                template = client.list_templates(templates_pb2.TEMPLATE_KIND_GIF)[0]
                 job_seconds, frames = time_jobs(client, photo, template.name)
             store = ObjectStore(
                 S3Settings(

@@ -30,7 +30,7 @@ from services.lipsync.wav2lip import files
 from services.lipsync.wav2lip.checkpoints import save_training_checkpoint
 from services.lipsync.wav2lip.models import Wav2LipModel
 from services.lipsync.wav2lip.network import Wav2Lip
-from services.shared import media
+from services.shared import images
 from services.shared.model_files import check_files
 
 FPS = 25.0
@@ -67,7 +67,7 @@ def service_fps(stub: lipsync_pb2_grpc.LipSyncServiceStub, engine: str, wav: byt
         ]),
         timeout=60,
     ).features  # fmt: skip
-    frame = media.encode_image(data.astronaut(), "png")
+    frame = images.encode_image(data.astronaut(), "png")
     count = FRAMES[engine]
 
     def requests():
@@ -109,11 +109,11 @@ def bare_mouth_motion_fps(work: Path) -> float:
     engine.load()
     syncer = engine.start_stream(engine.prepare_audio(samples), FPS)
     frame = data.astronaut()
-    syncer.sync(frame)  # warm-up
+    syncer.process(frame)  # warm-up
     count = FRAMES["mouth_motion"]
     started = time.perf_counter()
     for _ in range(count):
-        syncer.sync(frame)
+        syncer.process(frame)
     return count / (time.perf_counter() - started)
 
 

@@ -4,6 +4,7 @@ another (each stage over the whole video before the next starts), on the real st
 Prints a table and writes out/video_bench.json.
 """
 
+import io
 import json
 import tempfile
 import time
@@ -11,17 +12,14 @@ from pathlib import Path
 
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import media_pb2
+from remind.v1 import template_service_pb2 as templates_pb2
 
 from services.client import RemindClient
 from services.orchestrator.frame_pipeline import template_frames
-from services.orchestrator.model_clients import (
-    FaceSwapClient,
-    LipSyncClient,
-    VoiceClient,
-    pcm_to_wav,
-)
+from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
+from services.orchestrator.video_job import VocalsFile
 from services.samples import sample_face_photo, sample_voice_recording
-from services.shared import media
+from services.shared import images, video
 from services.shared.settings import S3Settings
 from services.shared.storage import ObjectStore
 from services.stack import LocalStack, ports_free
@@ -43,29 +41,30 @@ def pipelined(client: RemindClient, photo: bytes, voice: bytes, template: str) -
     return time.perf_counter() - started
 
 
-def sequential(info, photo: bytes, voice: bytes, template_path: Path, work: Path) -> float:
+def sequential(
+    info, photo: bytes, voice: media_pb2.StorageObject, template_path: Path, work: Path
+) -> float:
     """The same work with no overlap: each stage finishes before the next begins."""
     faceswap = FaceSwapClient(info.faceswap_address, *LIMITS)
     lipsync = LipSyncClient(info.lipsync_address, *LIMITS)
     separator = VoiceClient(info.voice_address, *LIMITS)
-    video = media.probe(template_path)
+    template = video.probe(template_path)
     started = time.perf_counter()
     identity = faceswap.prepare_identity(photo, "")
-    vocals, _ = separator.extract_voice(voice, "", lambda fraction: None)
-    wav = pcm_to_wav(vocals)
-    features = lipsync.prepare_audio(wav, "")
+    with VocalsFile(work / "vocals.wav", template.duration_seconds) as vocals:
+        separator.extract_voice(voice, "", vocals.add, lambda fraction: None)
+    features = lipsync.prepare_audio(vocals.pcm_chunks(), vocals.audio_format(), "")
     frames = list(template_frames(template_path)(0))
     swapped = [
         media_pb2.Frame(index=r.index, image=r.image)
         for r in faceswap.swap_faces(identity, iter(frames))
     ]
-    synced = [r.image.data for r in lipsync.sync_lips(features, video.fps, iter(swapped))]
-    (work / "vocals.wav").write_bytes(wav)
-    with media.Mp4Encoder(
-        work / "sequential.mp4", video.width, video.height, video.fps, work / "vocals.wav"
+    synced = [r.image.data for r in lipsync.sync_lips(features, template.fps, iter(swapped))]
+    with video.Mp4Encoder(
+        work / "sequential.mp4", template.width, template.height, template.fps, vocals.path
     ) as encoder:
         for image in synced:
-            encoder.write(media.decode_image(image, video.width * video.height))
+            encoder.write(images.decode_image(image, template.width * template.height))
     elapsed = time.perf_counter() - started
     for client in (faceswap, lipsync, separator):
         client.close()
@@ -73,14 +72,14 @@ def sequential(info, photo: bytes, voice: bytes, template_path: Path, work: Path
 
 
 def main() -> None:
-    photo = media.encode_image(sample_face_photo(), "png")
+    photo = images.encode_image(sample_face_photo(), "png")
     voice = sample_voice_recording(20.0)
     with tempfile.TemporaryDirectory() as work:
         stack = LocalStack(Path(work) / "stack", _free_base())
         info = stack.start()
         try:
             with RemindClient(info.orchestrator_address, info.api_keys["local"]) as client:
-                template = client.list_templates(2)[0]
+                template = client.list_templates(templates_pb2.TEMPLATE_KIND_VIDEO)[0]
                 job_seconds = pipelined(client, photo, voice, template.name)
             store = ObjectStore(
                 S3Settings(
@@ -93,7 +92,9 @@ def main() -> None:
             store.download(
                 "remind-templates", f"builtin/{template.name.split('/')[1]}.mp4", template_path
             )
-            sequential_seconds = sequential(info, photo, voice, template_path, Path(work))
+            recording = media_pb2.StorageObject(bucket="remind-uploads", key="bench/voice.wav")
+            store.put_new(recording.bucket, recording.key, io.BytesIO(voice), len(voice))
+            sequential_seconds = sequential(info, photo, recording, template_path, Path(work))
         finally:
             stack.stop()
     results = {

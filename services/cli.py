@@ -1,18 +1,22 @@
 """`remind`: the command line for the local stack and the public API."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import grpc
 import typer
 from remind.v1 import job_service_pb2 as jobs_pb2
+from remind.v1 import template_service_pb2 as templates_pb2
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.client import RemindClient
-from services.shared import media, watermark
+from services.shared import images, watermark
+from services.shared.video import iter_frames
 from services.stack import DEFAULT_BASE_PORT, ORCHESTRATOR, LocalStack
 
 app = typer.Typer(
@@ -54,13 +58,19 @@ def _api_key() -> str:
     return info.api_keys.get("local", "") if info else ""
 
 
-def _client() -> RemindClient:
-    return RemindClient(_address(), _api_key())
-
-
-def _fail(error: grpc.RpcError) -> None:
+def _fail(error: grpc.RpcError) -> NoReturn:
     console.print(f"[red]{error.code().name}[/red]: {error.details()}")
     raise typer.Exit(1)
+
+
+@contextmanager
+def _api() -> Iterator[RemindClient]:
+    """A client of the public API; an error status ends the command with its message."""
+    with RemindClient(_address(), _api_key()) as client:
+        try:
+            yield client
+        except grpc.RpcError as error:
+            _fail(error)
 
 
 def follow_job(client: RemindClient, created: jobs_pb2.Job, output: Path) -> Path:
@@ -128,11 +138,8 @@ def gif(
     engine: Annotated[str, typer.Option(help="Faceswap engine")] = "auto",
 ) -> None:
     """Swap the face in FACE into a GIF template."""
-    with _client() as client:
-        try:
-            path = run_gif(client, face, _template_name(template), output, engine)
-        except grpc.RpcError as error:
-            _fail(error)
+    with _api() as client:
+        path = run_gif(client, face, _template_name(template), output, engine)
     print(path.resolve())
 
 
@@ -145,18 +152,15 @@ def video(
     engine: Annotated[str, typer.Option(help="Faceswap and lipsync engine")] = "auto",
 ) -> None:
     """Put the face in FACE into a video template, speaking with the voice in VOICE."""
-    with _client() as client:
-        try:
-            path = run_video(client, face, voice, _template_name(template), output, engine)
-        except grpc.RpcError as error:
-            _fail(error)
+    with _api() as client:
+        path = run_video(client, face, voice, _template_name(template), output, engine)
     print(path.resolve())
 
 
 @app.command()
 def verify(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]) -> None:
     """Check a GIF or video for the Re:Mind watermark (every output carries one)."""
-    verdict = watermark.verify(media.iter_frames(path))
+    verdict = watermark.verify(iter_frames(path))
     if verdict.watermarked:
         print(
             f"{path}: synthetic, made by Re:Mind (watermark score {verdict.score:.1f} "
@@ -173,11 +177,8 @@ def verify(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]) -
 @app.command()
 def templates() -> None:
     """List the templates."""
-    with _client() as client:
-        try:
-            items = client.list_templates()
-        except grpc.RpcError as error:
-            _fail(error)
+    with _api() as client:
+        items = client.list_templates()
     table = Table("name", "display name", "size", "seconds", "frames", "built in")
     for item in items:
         table.add_row(
@@ -194,11 +195,8 @@ def templates() -> None:
 @app.command()
 def jobs(limit: int = 20) -> None:
     """List recent jobs, newest first."""
-    with _client() as client:
-        try:
-            items = client.list_jobs(limit)
-        except grpc.RpcError as error:
-            _fail(error)
+    with _api() as client:
+        items = client.list_jobs(limit)
     table = Table("job", "state", "stage", "template", "result / error")
     for job in items:
         table.add_row(
@@ -244,21 +242,19 @@ def demo(
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         face = output_dir / "face.png"
-        face.write_bytes(media.encode_image(sample_face_photo(), "png"))
+        face.write_bytes(images.encode_image(sample_face_photo(), "png"))
         voice = output_dir / "voice.wav"
         voice.write_bytes(sample_voice_recording())
-        with _client() as client:
-            gif_template = client.list_templates(1)[0].name
+        with _api() as client:
+            gif_template = client.list_templates(templates_pb2.TEMPLATE_KIND_GIF)[0].name
             console.print(f"GIF track: {face} into {gif_template}")
             gif_path = run_gif(client, face, gif_template, output_dir / "result.gif", "auto")
             print(gif_path.resolve())
-            video_template = client.list_templates(2)[0].name
+            video_template = client.list_templates(templates_pb2.TEMPLATE_KIND_VIDEO)[0].name
             console.print(f"MP4 track: {face} speaking {voice} in {video_template}")
             video_path = run_video(
                 client, face, voice, video_template, output_dir / "result.mp4", "auto"
             )
-    except grpc.RpcError as error:
-        _fail(error)
     finally:
         if started_here:
             stack.stop()

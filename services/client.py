@@ -37,16 +37,16 @@ class _BearerKey(
             details.compression,
         )
 
-    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._with_key(details), request)
 
-    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_stream(self, continuation, details, request):
         return continuation(self._with_key(details), request)
 
-    def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+    def intercept_stream_unary(self, continuation, details, requests):
         return continuation(self._with_key(details), requests)
 
-    def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+    def intercept_stream_stream(self, continuation, details, requests):
         return continuation(self._with_key(details), requests)
 
 
@@ -127,7 +127,9 @@ class RemindClient:
         )
         return b"".join(response.chunk for response in responses)
 
-    def list_templates(self, kind: int = 0) -> list[templates_pb2.Template]:
+    def list_templates(
+        self, kind: templates_pb2.TemplateKind = templates_pb2.TEMPLATE_KIND_UNSPECIFIED
+    ) -> list[templates_pb2.Template]:
         return list(
             self.templates.ListTemplates(
                 templates_pb2.ListTemplatesRequest(kind=kind), timeout=30

@@ -34,10 +34,28 @@ VOICE, VOICE_METRICS = 14, 15
 EDGE, WEB = 16, 17
 LIPSYNC, LIPSYNC_METRICS = 18, 19
 LAST_PORT = LIPSYNC_METRICS
+# The gRPC services (`python -m services.<name>.server`): their port and metrics port offsets.
+SERVICE_PORTS = {
+    "faceswap": (FACESWAP, FACESWAP_METRICS),
+    "voice": (VOICE, VOICE_METRICS),
+    "lipsync": (LIPSYNC, LIPSYNC_METRICS),
+    "orchestrator": (ORCHESTRATOR, ORCHESTRATOR_METRICS),
+}
 REPO = Path(__file__).resolve().parent.parent
 EDGE_CONFIG_TEMPLATE = REPO / "deploy" / "envoy" / "envoy.local.yaml.tmpl"
 WEB_DIST = REPO / "web" / "dist"
 READY_TIMEOUT_SECONDS = 120.0
+
+
+class _Loopback:
+    """A StackInfo attribute: the address of one of its ports on 127.0.0.1."""
+
+    def __init__(self, offset: int, scheme: str = "") -> None:
+        self.offset = offset
+        self.scheme = scheme
+
+    def __get__(self, info: "StackInfo", owner: type | None = None) -> str:
+        return f"{self.scheme}127.0.0.1:{info.base_port + self.offset}"
 
 
 @dataclass(frozen=True)
@@ -50,42 +68,19 @@ class StackInfo:
     # (Absent from the state files of older stacks, which must still stop.)
     api_keys: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def s3_endpoint(self) -> str:
-        return f"127.0.0.1:{self.base_port + S3}"
+    s3_endpoint = _Loopback(S3)
+    orchestrator_address = _Loopback(ORCHESTRATOR)
+    faceswap_address = _Loopback(FACESWAP)
+    voice_address = _Loopback(VOICE)
+    lipsync_address = _Loopback(LIPSYNC)
+    edge_url = _Loopback(EDGE, "http://")
+    web_url = _Loopback(WEB, "http://")
 
-    @property
-    def orchestrator_address(self) -> str:
-        return f"127.0.0.1:{self.base_port + ORCHESTRATOR}"
-
-    @property
-    def faceswap_address(self) -> str:
-        return f"127.0.0.1:{self.base_port + FACESWAP}"
-
-    @property
-    def voice_address(self) -> str:
-        return f"127.0.0.1:{self.base_port + VOICE}"
-
-    @property
-    def lipsync_address(self) -> str:
-        return f"127.0.0.1:{self.base_port + LIPSYNC}"
-
-    @property
-    def edge_url(self) -> str:
-        return f"http://127.0.0.1:{self.base_port + EDGE}"
-
-    @property
-    def web_url(self) -> str:
-        return f"http://127.0.0.1:{self.base_port + WEB}"
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.base_port + SERVICE_PORTS[service][0]}"
 
     def metrics_url(self, service: str) -> str:
-        offset = {
-            "faceswap": FACESWAP_METRICS,
-            "orchestrator": ORCHESTRATOR_METRICS,
-            "voice": VOICE_METRICS,
-            "lipsync": LIPSYNC_METRICS,
-        }[service]
-        return f"http://127.0.0.1:{self.base_port + offset}/metrics"
+        return f"http://127.0.0.1:{self.base_port + SERVICE_PORTS[service][1]}/metrics"
 
     def s3_env(self) -> dict[str, str]:
         return {
@@ -224,62 +219,38 @@ class LocalStack:
                 elif name == "web":
                     wait_for_http(f"{info.web_url}/index.html", info.pids[name], name)
                 else:
-                    wait_for_health(self._address(info, name), info.pids[name], name)
+                    wait_for_health(info.address(name), info.pids[name], name)
         except BaseException:
             self._save(info)
             self.stop()
             raise
         return info
 
-    @staticmethod
-    def _address(info: StackInfo, name: str) -> str:
-        return {
-            "faceswap": info.faceswap_address,
-            "voice": info.voice_address,
-            "lipsync": info.lipsync_address,
-            "orchestrator": info.orchestrator_address,
-        }[name]
-
     def _processes(self, info: StackInfo) -> dict[str, tuple[list[str], dict[str, str]]]:
         base = self.base_port
         service_env = {**info.s3_env(), **self.extra_env}
+
+        def service(name: str, **env: str) -> tuple[list[str], dict[str, str]]:
+            port, metrics_port = SERVICE_PORTS[name]
+            prefix = f"REMIND_{name.upper()}"
+            return [sys.executable, "-m", f"services.{name}.server"], {
+                **service_env,
+                f"{prefix}_PORT": str(base + port),
+                f"{prefix}_METRICS_PORT": str(base + metrics_port),
+                **env,
+            }
+
         return {
             "s3": (self._s3_command(info), {}),
-            "faceswap": (
-                [sys.executable, "-m", "services.faceswap.server"],
-                {
-                    **service_env,
-                    "REMIND_FACESWAP_PORT": str(base + FACESWAP),
-                    "REMIND_FACESWAP_METRICS_PORT": str(base + FACESWAP_METRICS),
-                },
-            ),
-            "voice": (
-                [sys.executable, "-m", "services.voice.server"],
-                {
-                    **service_env,
-                    "REMIND_VOICE_PORT": str(base + VOICE),
-                    "REMIND_VOICE_METRICS_PORT": str(base + VOICE_METRICS),
-                },
-            ),
-            "lipsync": (
-                [sys.executable, "-m", "services.lipsync.server"],
-                {
-                    **service_env,
-                    "REMIND_LIPSYNC_PORT": str(base + LIPSYNC),
-                    "REMIND_LIPSYNC_METRICS_PORT": str(base + LIPSYNC_METRICS),
-                },
-            ),
-            "orchestrator": (
-                [sys.executable, "-m", "services.orchestrator.server"],
-                {
-                    **service_env,
-                    "REMIND_ORCHESTRATOR_PORT": str(base + ORCHESTRATOR),
-                    "REMIND_ORCHESTRATOR_METRICS_PORT": str(base + ORCHESTRATOR_METRICS),
-                    "REMIND_ORCHESTRATOR_FACESWAP_ADDRESS": info.faceswap_address,
-                    "REMIND_ORCHESTRATOR_LIPSYNC_ADDRESS": info.lipsync_address,
-                    "REMIND_ORCHESTRATOR_VOICE_ADDRESS": info.voice_address,
-                    "REMIND_ORCHESTRATOR_API_KEYS_FILE": str(self.state_dir / "api-keys.json"),
-                },
+            "faceswap": service("faceswap"),
+            "voice": service("voice"),
+            "lipsync": service("lipsync"),
+            "orchestrator": service(
+                "orchestrator",
+                REMIND_ORCHESTRATOR_FACESWAP_ADDRESS=info.faceswap_address,
+                REMIND_ORCHESTRATOR_LIPSYNC_ADDRESS=info.lipsync_address,
+                REMIND_ORCHESTRATOR_VOICE_ADDRESS=info.voice_address,
+                REMIND_ORCHESTRATOR_API_KEYS_FILE=str(self.state_dir / "api-keys.json"),
             ),
             "edge": (self._edge_command(), {}),
             "web": (

@@ -9,7 +9,7 @@ from skimage import data
 
 from services.client import RemindClient
 from services.samples import sample_face_photo
-from services.shared import media
+from services.shared import images
 from services.shared.settings import S3Settings
 from services.shared.storage import ObjectStore
 from services.stack import LocalStack, StackInfo, ports_free
@@ -68,7 +68,7 @@ def store(stack_info: StackInfo) -> ObjectStore:
 
 @pytest.fixture(scope="session")
 def astronaut_png() -> bytes:
-    return media.encode_image(data.astronaut(), "png")
+    return images.encode_image(data.astronaut(), "png")
 
 
 @pytest.fixture(scope="session")

@@ -2,19 +2,22 @@
 
 import io
 import struct
+import time
 import zlib
 
 import cv2
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import media_service_pb2 as media_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
 from skimage import data
 
 from services.client import RemindClient
-from services.shared import media
+from services.shared import images, video
+from services.shared.errors import TooLarge
 from services.shared.storage import ObjectStore
 
 BUCKETS = ("remind-uploads", "remind-templates", "remind-results")
@@ -43,15 +46,58 @@ def _gif_job(
     return _status(lambda: client.create_gif_job(face.name, template))
 
 
-def _png_header(width: int, height: int) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + header
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", len(header))
-        + chunk
-        + struct.pack(">I", zlib.crc32(chunk))
-    )
+# ---------------------------------------------------------------------------------------------
+# Complete, decodable 64x64 photos whose headers are then forged to claim a giant size (the
+# largest each format can state, or 100000 px a side for PNG). Without the header check the
+# decoder would allocate for the claim, or give up on it, and the photo would come back as
+# INVALID_ARGUMENT ("cannot be decoded"): only the check says RESOURCE_EXHAUSTED.
+
+
+def _small_photo() -> np.ndarray:
+    return cv2.resize(data.astronaut(), (64, 64), interpolation=cv2.INTER_AREA)
+
+
+def _forged_png(width: int, height: int) -> bytes:
+    png = bytearray(images.encode_image(_small_photo(), "png"))
+    assert png[12:16] == b"IHDR"
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))  # a valid IHDR checksum
+    return bytes(png)
+
+
+def _forged_jpeg(width: int, height: int) -> bytes:
+    jpeg = bytearray(images.encode_image(_small_photo(), "jpeg"))
+    start = jpeg.find(b"\xff\xc0")  # baseline start-of-frame: length, precision, height, width
+    assert start > 0
+    jpeg[start + 5 : start + 9] = struct.pack(">HH", height, width)
+    return bytes(jpeg)
+
+
+def _forged_gif(width: int, height: int) -> bytes:
+    # A one-frame GIF whose 64x64 image sits on a giant logical screen (a legal layout).
+    buffer = io.BytesIO()
+    Image.fromarray(_small_photo()).save(buffer, format="GIF")
+    gif = bytearray(buffer.getvalue())
+    gif[6:10] = struct.pack("<HH", width, height)
+    return bytes(gif)
+
+
+def _forged_webp(width: int, height: int) -> bytes:
+    ok, encoded = cv2.imencode(".webp", _small_photo(), [cv2.IMWRITE_WEBP_QUALITY, 90])
+    assert ok
+    webp = bytearray(encoded.tobytes())
+    # A lossy (VP8) WebP: 14-bit width and height after the key frame's start code.
+    assert webp[12:16] == b"VP8 " and webp[23:26] == b"\x9d\x01\x2a"
+    webp[26:30] = struct.pack("<HH", width, height)
+    return bytes(webp)
+
+
+FORGED_PHOTOS = {
+    "png": (_forged_png, 100_000, 100_000),
+    "jpeg": (_forged_jpeg, 65_535, 65_535),
+    "gif": (_forged_gif, 65_535, 65_535),
+    "webp": (_forged_webp, 16_383, 16_383),
+}
 
 
 @pytest.fixture
@@ -83,13 +129,40 @@ def test_fifty_megapixel_photo_is_resource_exhausted(client, unchanged_store):
     assert "pixels" in error.details().lower() or "megapixel" in error.details().lower()
 
 
-def test_forged_giant_header_is_refused_without_decoding(client, unchanged_store):
-    error = _gif_job(client, _png_header(100_000, 100_000) + b"\0" * 64, "bomb.png")
-    assert error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
+@pytest.mark.parametrize("fmt", list(FORGED_PHOTOS))
+def test_forged_giant_header_is_refused_from_the_header_alone(fmt):
+    forge, width, height = FORGED_PHOTOS[fmt]
+    honest = forge(64, 64)
+    assert images.decode_image(honest, 40_000_000).shape == (64, 64, 3), "the photo is complete"
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError(f"the {fmt} photo was decoded despite its header")
+
+    forged = forge(width, height)
+    header = images.read_image_header(forged)
+    assert header is not None and (header.width, header.height) == (width, height)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(images.cv2, "imdecode", no_decoding)
+        with pytest.raises(TooLarge, match=f"{width}x{height}.*megapixels"):
+            images.decode_image(forged, 40_000_000)
+
+
+@pytest.mark.parametrize("fmt", list(FORGED_PHOTOS))
+def test_forged_giant_header_is_resource_exhausted_through_the_api(client, fmt, unchanged_store):
+    forge, width, height = FORGED_PHOTOS[fmt]
+    template = client.list_templates(templates_pb2.TEMPLATE_KIND_GIF)[0].name
+    face = client.upload(forge(width, height), f"bomb.{fmt}")
+    started = time.monotonic()
+    error = _status(lambda: client.create_gif_job(face.name, template))
+    elapsed = time.monotonic() - started
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    # Only the header check knows the declared size; a failed decode cannot report it.
+    assert f"{width}x{height}" in error.details() and "megapixels" in error.details()
+    assert elapsed < 10, f"refusing a {fmt} header took {elapsed:.1f} s"
 
 
 def test_photo_without_a_face_is_failed_precondition(client, unchanged_store):
-    error = _gif_job(client, media.encode_image(data.coffee(), "png"), "coffee.png")
+    error = _gif_job(client, images.encode_image(data.coffee(), "png"), "coffee.png")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "face" in error.details().lower()
 
@@ -122,7 +195,7 @@ def test_corrupt_gif_template_is_invalid_argument(client, unchanged_store):
 def test_template_without_a_face_is_failed_precondition(client, tmp_path, unchanged_store):
     path = tmp_path / "coffee.gif"
     frame = cv2.resize(data.coffee(), (320, 240))
-    with media.GifEncoder(path, 320, 240, 10) as gif:
+    with video.GifEncoder(path, 320, 240, 10) as gif:
         for shift in range(20):
             gif.write(np.roll(frame, shift * 3, axis=1))
     upload = client.upload(path.read_bytes(), "coffee.gif")

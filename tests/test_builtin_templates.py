@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services.orchestrator import builtin_templates
-from services.shared import media
+from services.shared import video
 from services.shared.errors import NotFound
 
 TEMPLATE_IDS = [template.template_id for template in builtin_templates.BUILTIN_GIF_TEMPLATES]
@@ -25,7 +25,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def decoded(rendered: dict[str, Path]) -> dict[str, list[np.ndarray]]:
-    return {template_id: list(media.iter_frames(path)) for template_id, path in rendered.items()}
+    return {template_id: list(video.iter_frames(path)) for template_id, path in rendered.items()}
 
 
 def mean_difference(first: np.ndarray, second: np.ndarray) -> float:
@@ -52,7 +52,7 @@ def test_render_all_writes_one_gif_per_template(rendered: dict[str, Path]) -> No
 def test_template_is_a_320px_gif_of_three_to_four_seconds(
     rendered: dict[str, Path], template_id: str
 ) -> None:
-    info = media.probe(rendered[template_id])
+    info = video.probe(rendered[template_id])
     assert (info.width, info.height) == (320, 320)
     assert 3.0 <= info.duration_seconds <= 4.0
     assert info.frame_count == builtin_templates.FRAME_COUNT

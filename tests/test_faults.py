@@ -11,7 +11,7 @@ from remind.v1 import template_service_pb2 as templates_pb2
 from skimage import data
 
 from services.client import RemindClient
-from services.shared import media
+from services.shared import images, video
 from services.stack import LocalStack, pid_alive
 
 
@@ -25,7 +25,7 @@ def _long_template(client: RemindClient, tmp_path, template_id: str) -> str:
         pass
     path = tmp_path / f"{template_id}.gif"
     base = cv2.resize(data.astronaut(), (256, 256))
-    with media.GifEncoder(path, 256, 256, 20) as gif:
+    with video.GifEncoder(path, 256, 256, 20) as gif:
         for index in range(118):
             shift = np.float32([[1, 0, 4 * np.sin(index / 5)], [0, 1, 3 * np.cos(index / 7)]])
             gif.write(cv2.warpAffine(base, shift, (256, 256), borderMode=cv2.BORDER_REFLECT))
@@ -39,7 +39,7 @@ def test_killing_the_faceswap_service_mid_stream_is_survived(
     stack: LocalStack, client: RemindClient, user_photo, tmp_path
 ):
     template = _long_template(client, tmp_path, "fault-long")
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     job = client.create_gif_job(face.name, template)
     killed = False
     for event in client.watch(job.name):
@@ -55,14 +55,14 @@ def test_killing_the_faceswap_service_mid_stream_is_survived(
     assert "stream broke at frame" in log
     result = tmp_path / "result.gif"
     result.write_bytes(client.download(final.result.media))
-    assert sum(1 for _ in media.iter_frames(result)) == 118
+    assert sum(1 for _ in video.iter_frames(result)) == 118
 
 
 def test_a_dead_faceswap_service_fails_the_job_with_a_reason(
     stack: LocalStack, client: RemindClient, user_photo, tmp_path
 ):
     template = _long_template(client, tmp_path, "fault-long")
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     job = client.create_gif_job(face.name, template)
     stopped = False
     for event in client.watch(job.name):
@@ -90,7 +90,7 @@ def test_an_orchestrator_killed_mid_job_marks_the_job_failed_when_it_comes_back(
     stack: LocalStack, client: RemindClient, user_photo, tmp_path
 ):
     template = _long_template(client, tmp_path, "fault-long")
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     job = client.create_gif_job(face.name, template)
     for event in client.watch(job.name):
         if event.progress.frames_done >= 10:
@@ -110,7 +110,7 @@ def test_a_store_outage_during_a_job_ends_the_job_and_the_store_comes_back_intac
     stack: LocalStack, client: RemindClient, user_photo, tmp_path, store
 ):
     template = _long_template(client, tmp_path, "fault-long")
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     job = client.create_gif_job(face.name, template)
     stopped = False
     try:

@@ -9,7 +9,7 @@ from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
 
 from services.client import RemindClient
-from services.shared import faces, media, watermark
+from services.shared import faces, images, video, watermark
 from services.shared.storage import ObjectStore
 from services.stack import LocalStack
 
@@ -19,7 +19,7 @@ RESULTS_BUCKET, TEMPLATES_BUCKET = "remind-results", "remind-templates"
 @pytest.fixture(scope="module")
 def finished_job(stack: LocalStack, user_photo: np.ndarray) -> tuple[jobs_pb2.Job, list]:
     with RemindClient(stack.info().orchestrator_address, stack.info().api_keys["local"]) as client:
-        photo = client.upload(media.encode_image(user_photo, "png"), "me.png")
+        photo = client.upload(images.encode_image(user_photo, "png"), "me.png")
         template = client.list_templates(templates_pb2.TEMPLATE_KIND_GIF)[0]
         job = client.create_gif_job(photo.name, template.name)
         events = list(client.watch(job.name))
@@ -57,8 +57,8 @@ def test_result_frames_decode_and_carry_the_photo_identity(
     template = tmp_path / "template.gif"
     store.download(TEMPLATES_BUCKET, f"builtin/{job.template.split('/')[1]}.gif", template)
 
-    output_frames = list(media.iter_frames(result))
-    template_frames = list(media.iter_frames(template))
+    output_frames = list(video.iter_frames(result))
+    template_frames = list(video.iter_frames(template))
     assert len(output_frames) == template_record.frame_count == len(template_frames)
     assert output_frames[0].shape == (template_record.height, template_record.width, 3)
 
@@ -93,7 +93,8 @@ def test_the_job_id_traces_the_job_through_the_faceswap_service(finished_job, st
     lines = (stack.state_dir / "logs" / "faceswap.log").read_text().splitlines()
     traced = [json.loads(line) for line in lines if job_id in line]
     assert any(
-        entry.get("trace_id") == job_id and "swapped" in entry["message"] for entry in traced
+        entry.get("trace_id") == job_id and entry["message"].startswith("SwapFaces:")
+        for entry in traced
     )
 
 

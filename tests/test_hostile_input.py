@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import struct
 import subprocess
 import tempfile
@@ -24,7 +25,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from remind.v1 import (
     faceswap_pb2,
@@ -40,11 +41,11 @@ from remind.v1 import media_service_pb2 as uploads_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
 from skimage import data
 
+from services import samples as mixes
 from services.client import RemindClient
-from services.shared import media
+from services.shared import images
 from services.shared.storage import ObjectStore
 from services.stack import LocalStack, StackInfo
-from services.voice import mixes
 
 TIMEOUT = 60
 GIF_TEMPLATE = "templates/astronaut-sway"
@@ -103,12 +104,12 @@ def _png(width: int, height: int, pixels: bytes) -> bytes:
 
 @functools.cache
 def _astronaut_png() -> bytes:
-    return media.encode_image(data.astronaut(), "png")
+    return images.encode_image(data.astronaut(), "png")
 
 
 @functools.cache
 def _astronaut_jpeg() -> bytes:
-    return media.encode_image(data.astronaut(), "jpeg")
+    return images.encode_image(data.astronaut(), "jpeg")
 
 
 @functools.cache
@@ -201,7 +202,7 @@ def speech_wav() -> bytes:
 
 
 def frame_png(side: int) -> bytes:
-    return media.encode_image(np.zeros((side, side, 3), np.uint8), "png")
+    return images.encode_image(np.zeros((side, side, 3), np.uint8), "png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,7 +639,7 @@ FACESWAP_CASES = [
     case("png-header-claims-100000x100000",
          lambda h: _prepare_identity(h, _png(100_000, 100_000, b"")), EXHAUSTED, "megapixels"),
     case("photo-without-a-face",
-         lambda h: _prepare_identity(h, media.encode_image(data.coffee(), "jpeg")), PRECONDITION,
+         lambda h: _prepare_identity(h, images.encode_image(data.coffee(), "jpeg")), PRECONDITION,
          "face"),
     case("photo-over-the-message-limit",
          lambda h: _prepare_identity(h, OVER_MESSAGE_LIMIT), EXHAUSTED, "larger"),
@@ -856,7 +857,7 @@ def test_of_many_faces_the_largest_is_used(hostile: Hostile) -> None:
     group = np.full((640, 900, 3), 200, np.uint8)
     group[:512, :512] = astronaut
     group[320:576, 620:876] = small
-    photo = media.encode_image(group, "png")
+    photo = images.encode_image(group, "png")
     identity = _prepare_identity(hostile, photo).identity
     box = identity.face_box
     assert box.x + box.width / 2 < 512 and box.y + box.height / 2 < 512, box
@@ -1023,17 +1024,114 @@ def test_any_fps_outside_the_range_is_invalid_argument(hostile: Hostile, fps: fl
         assert error.code() == INVALID and "fps" in error.details()
 
 
-@BOUNDED
-@given(page_size=st.integers(-(2**31), 2**31 - 1), page_token=st.one_of(st.just(""), names))
-def test_any_listing_request_lists_or_is_invalid_argument(
-    hostile: Hostile, page_size: int, page_token: str
+# JobBoard.list: page_size 0 asks for the server's default page, and no page is longer than
+# the maximum, whatever the request asks.
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+JOB_NAME = re.compile(r"\Ajobs/[0-9a-f]{32}\Z")
+
+
+def _list(client: RemindClient, page_size: int, page_token: str = "") -> jobs_pb2.ListJobsResponse:
+    return client.jobs.ListJobs(
+        jobs_pb2.ListJobsRequest(page_size=page_size, page_token=page_token), timeout=TIMEOUT
+    )
+
+
+def _pages(client: RemindClient, page_size: int) -> list[list[str]]:
+    """Every page of the tenant's jobs, following the page tokens to the end."""
+    pages, token, tokens_seen = [], "", set()
+    while True:
+        page = _list(client, page_size, token)
+        pages.append([job.name for job in page.jobs])
+        token = page.next_page_token
+        if not token:
+            return pages
+        assert token not in tokens_seen, f"page token {token!r} came back twice"
+        tokens_seen.add(token)
+        assert len(pages) <= 1000, "the page tokens never end"
+
+
+def _every_job(client: RemindClient) -> list[str]:
+    return [name for page in _pages(client, MAX_PAGE_SIZE) for name in page]
+
+
+@pytest.fixture(scope="module")
+def listed(hostile: Hostile) -> list[str]:
+    """The local tenant's jobs, at least three of them, all ended (so the list is stable)."""
+    for _ in range(3 - len(_every_job(hostile.client))):
+        # Accepted, then failed by the voice stage: a job record and no result.
+        silence = mixes.wav_bytes(np.zeros((44100 * 3, 2), np.float32))
+        job = _video_job(hostile, silence, "silence.wav")
+        list(hostile.client.watch(job.name, timeout=300))
+    _wait_for_every_job(hostile.info)
+    return _every_job(hostile.client)
+
+
+def test_listed_jobs_are_the_tenants_own_newest_first(hostile: Hostile, listed: list[str]):
+    assert len(listed) == len(set(listed)) >= 3, listed
+    assert all(JOB_NAME.match(name) for name in listed), listed
+    assert hostile.other_tenant_job not in listed
+    created = [
+        hostile.client.jobs.GetJob(jobs_pb2.GetJobRequest(name=name), timeout=TIMEOUT).job
+        for name in listed
+    ]
+    assert [job.name for job in created] == listed
+    times = [job.create_time.ToNanoseconds() for job in created]
+    assert times == sorted(times, reverse=True), "jobs are listed newest first"
+    with RemindClient(hostile.info.orchestrator_address, hostile.info.api_keys["acme"]) as acme:
+        theirs = _every_job(acme)
+        assert hostile.other_tenant_job in theirs
+        assert not set(theirs) & set(listed), "a job is listed for two tenants"
+        for name in listed:
+            with pytest.raises(grpc.RpcError) as caught:
+                acme.get_job(name)
+            assert caught.value.code() == NOT_FOUND, name
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 3, 0, MAX_PAGE_SIZE, 2**31 - 1])
+def test_page_tokens_chain_through_every_job_once(
+    hostile: Hostile, listed: list[str], page_size: int
 ):
-    request = jobs_pb2.ListJobsRequest(page_size=page_size, page_token=page_token)
+    pages = _pages(hostile.client, page_size)
+    expected = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    assert all(len(page) == expected for page in pages[:-1]), [len(page) for page in pages]
+    assert 1 <= len(pages[-1]) <= expected
+    assert [name for page in pages for name in page] == listed
+
+
+@BOUNDED
+@given(
+    page_size=st.one_of(st.integers(-(2**31), 2**31 - 1), st.integers(-2, 8)),
+    page_token=st.one_of(st.just(""), names),
+)
+@example(page_size=1, page_token="")
+@example(page_size=2, page_token="")
+@example(page_size=0, page_token="")
+@example(page_size=2**31 - 1, page_token="")
+@example(page_size=-1, page_token="")
+@example(page_size=5, page_token="jobs/" + "0" * 32)
+def test_any_listing_request_lists_or_is_invalid_argument(
+    hostile: Hostile, listed: list[str], page_size: int, page_token: str
+):
+    # No generated token is one this server handed out, so any token is refused.
     try:
-        hostile.client.jobs.ListJobs(request, timeout=TIMEOUT)
+        page = _list(hostile.client, page_size, page_token)
     except grpc.RpcError as error:
         assert error.code() == INVALID, error.details()
         _assert_actionable(error.details())
+        assert page_size < 0 or page_token, f"{page_size}, {page_token!r}: {error.details()}"
+        field = "page_size" if page_size < 0 else "page_token"
+        assert field in error.details(), error.details()
+        return
+    assert page_size >= 0 and not page_token, f"accepted {page_size}, {page_token!r}"
+    expected = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    assert [job.name for job in page.jobs] == listed[:expected]
+    if len(listed) > expected:
+        assert page.next_page_token, "a partial page must give a token to the next"
+        rest = _list(hostile.client, expected, page.next_page_token)
+        assert [job.name for job in rest.jobs] == listed[expected : 2 * expected]
+    else:
+        assert page.next_page_token == ""
 
 
 @BOUNDED

@@ -1,25 +1,31 @@
-"""The embedded landmark-warp engine on real photos, and the engine registry."""
+"""The embedded landmark-warp engine on real photos, and the engine registry as the server
+uses it."""
 
 import importlib.util
 import io
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
+import grpc
 import numpy as np
 import pytest
+from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
 from skimage import data
 
+from services.faceswap import server as faceswap_server
 from services.faceswap.config import FaceSwapSettings
-from services.faceswap.engines.base import FaceIdentity, FaceSwapEngine
+from services.faceswap.engines.base import FaceIdentity
 from services.faceswap.engines.landmark_warp import (
     LandmarkSmoother,
     LandmarkWarpEngine,
     SourceFace,
-    _decode_source_face,
+    decode_source_face,
 )
-from services.faceswap.engines.registry import create_engine, engine_factories
+from services.faceswap.engines.registry import engine_factories
+from services.shared import images
 from services.shared.errors import FailedPrecondition, InvalidInput
 from services.shared.faces import FaceAnalyzer, default_analyzer, identity_distance
 
@@ -93,7 +99,7 @@ def test_swapped_face_looks_like_the_photo(engine, identity, person):
     template = template_frame(person)
     original = embedding_of(analyzer, template)
 
-    swapped = engine.start_stream(identity).swap(template)
+    swapped = engine.start_stream(identity).process(template)
 
     assert swapped.face_found
     assert swapped.image.shape == template.shape and swapped.image.dtype == np.uint8
@@ -111,9 +117,9 @@ def test_swapped_face_looks_like_the_photo(engine, identity, person):
 
 def test_swap_only_changes_the_face(engine, identity):
     template = template_frame("far_right")
-    swapped = engine.start_stream(identity).swap(template)
+    swapped = engine.start_stream(identity).process(template)
 
-    x, y, width, height = swapped.face_box
+    x, y, width, height = swapped.box
     changed = np.any(swapped.image != template, axis=2)
     rows, cols = np.nonzero(changed)
     margin = max(width, height) // 2  # the feathered band and the forehead above the box
@@ -125,10 +131,10 @@ def test_frame_without_a_face_comes_back_unchanged(engine, identity):
     frame = data.coffee()
     original = frame.tobytes()
 
-    swapped = engine.start_stream(identity).swap(frame)
+    swapped = engine.start_stream(identity).process(frame)
 
     assert not swapped.face_found
-    assert swapped.face_box is None
+    assert swapped.box is None
     assert swapped.image.tobytes() == original
     assert frame.tobytes() == original, "the caller's frame is never written to"
 
@@ -142,11 +148,11 @@ def test_identity_state_round_trips_through_bytes(engine, identity):
     )
     template = template_frame("centre_left")
 
-    first = engine.start_stream(identity).swap(template)
-    again = LandmarkWarpEngine().start_stream(carried).swap(template)
+    first = engine.start_stream(identity).process(template)
+    again = LandmarkWarpEngine().start_stream(carried).process(template)
 
     assert np.array_equal(first.image, again.image)
-    source = _decode_source_face(carried.state)
+    source = decode_source_face("landmark_warp", carried.state)
     assert source.landmarks.shape == (68, 2)
     assert max(source.image.shape[:2]) <= 256
 
@@ -212,10 +218,10 @@ def test_swapped_face_moves_smoothly_with_the_head(engine, identity):
     frames = [shifted(template, 1.5 * step, 0.75 * step) for step in steps]
     swapper = engine.start_stream(identity)
 
-    results = [swapper.swap(frame) for frame in frames]
+    results = [swapper.process(frame) for frame in frames]
 
     assert all(result.face_found for result in results)
-    boxes = np.array([result.face_box for result in results], dtype=float)
+    boxes = np.array([result.box for result in results], dtype=float)
     moves = np.diff(boxes[:, :2], axis=0)
     print("per-frame box moves (x, y):", moves.tolist())
     assert np.all(np.abs(moves[:, 0] - 1.5) <= 2.5), "horizontal motion is smooth"
@@ -266,11 +272,11 @@ def test_smoother_follows_a_moving_face_and_resets_on_a_cut():
 @pytest.mark.parametrize(("dx", "dy"), [(-120, 0), (110, 0), (0, -110), (0, 120), (150, 150)])
 def test_faces_partly_outside_the_frame_never_break_the_stream(engine, identity, dx, dy):
     frame = shifted(template_frame("far_right"), dx, dy)
-    swapped = engine.start_stream(identity).swap(frame)
+    swapped = engine.start_stream(identity).process(frame)
 
     assert swapped.image.shape == frame.shape and swapped.image.dtype == np.uint8
     if swapped.face_found:
-        x, y, width, height = swapped.face_box
+        x, y, width, height = swapped.box
         assert x >= 0 and y >= 0 and x + width <= frame.shape[1] and y + height <= frame.shape[0]
     else:
         assert np.array_equal(swapped.image, frame)
@@ -279,7 +285,7 @@ def test_faces_partly_outside_the_frame_never_break_the_stream(engine, identity,
 @pytest.mark.parametrize("side", [1, 16, 48, 80])
 def test_tiny_frames_never_break_the_stream(engine, identity, side):
     frame = cv2.resize(template_frame("far_right"), (side, side), interpolation=cv2.INTER_AREA)
-    swapped = engine.start_stream(identity).swap(frame)
+    swapped = engine.start_stream(identity).process(frame)
     assert swapped.image.shape == frame.shape
     if not swapped.face_found:
         assert np.array_equal(swapped.image, frame)
@@ -288,33 +294,105 @@ def test_tiny_frames_never_break_the_stream(engine, identity, side):
 def test_one_frame_swaps_in_well_under_100_ms(engine, identity):
     template = template_frame("far_right")
     swapper = engine.start_stream(identity)
-    swapper.swap(template)  # first call pays one-off allocations
+    swapper.process(template)  # first call pays one-off allocations
 
     timings = []
     for _ in range(5):
         started = time.perf_counter()
-        swapper.swap(template)
+        swapper.process(template)
         timings.append(time.perf_counter() - started)
     median_ms = 1000 * float(np.median(timings))
     print(f"one {TEMPLATE_SIDE} px frame: {median_ms:.1f} ms (median of 5)")
     assert median_ms < 100
 
 
-def test_engine_is_picked_by_name():
-    engine = create_engine("landmark_warp")
-    assert isinstance(engine, LandmarkWarpEngine)
-    assert isinstance(engine, FaceSwapEngine)
+@pytest.fixture(scope="module")
+def faceswap_stub(tmp_path_factory) -> Iterator[faceswap_pb2_grpc.FaceSwapServiceStub]:
+    """The faceswap server as `python -m services.faceswap.server` starts it (the registry's
+    engine_factories through start_model_server), on a free loopback port, with an empty models
+    folder: SimSwap cannot load there, so the embedded engine must serve."""
+    models = tmp_path_factory.mktemp("no-models")
+    running = faceswap_server.start(FaceSwapSettings(port=0, models_dir=str(models)))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield faceswap_pb2_grpc.FaceSwapServiceStub(channel)
+    finally:
+        running.stop()
+
+
+def _served_identity(stub, engine: str) -> faceswap_pb2.FaceIdentity:  # type: ignore[no-untyped-def]
+    photo = media_pb2.EncodedImage(data=images.encode_image(data.astronaut(), "png"))
+    request = faceswap_pb2.PrepareIdentityRequest(photo=photo, engine=engine)
+    return stub.PrepareIdentity(request, timeout=60).identity
+
+
+def _served_swap(stub, identity: faceswap_pb2.FaceIdentity, frame: np.ndarray):  # type: ignore[no-untyped-def]
+    requests = [
+        faceswap_pb2.SwapFacesRequest(config=faceswap_pb2.SwapConfig(identity=identity)),
+        faceswap_pb2.SwapFacesRequest(
+            frame=media_pb2.Frame(
+                index=0, image=media_pb2.EncodedImage(data=images.encode_image(frame, "png"))
+            )
+        ),
+    ]
+    (swapped,) = stub.SwapFaces(iter(requests), timeout=60)
+    return swapped
+
+
+def test_each_registry_name_builds_the_engine_of_that_name():
     factories = engine_factories(FaceSwapSettings())
-    assert all(name == factory().name for name, factory in factories.items())
+    names = list(factories)
+    assert names.index("simswap") < names.index("landmark_warp"), "auto prefers SimSwap"
+    assert {name: factory().name for name, factory in factories.items()} == {
+        name: name for name in factories
+    }
 
 
-def test_unknown_engine_name_lists_the_known_ones():
-    with pytest.raises(InvalidInput, match="landmark_warp"):
-        create_engine("deepfake9000")
+def test_the_server_has_landmark_warp_ready_and_simswap_waiting_for_weights(faceswap_stub):
+    listing = faceswap_stub.ListFaceSwapEngines(faceswap_pb2.ListFaceSwapEnginesRequest())
+    engines = {info.name: info for info in listing.engines}
+    assert set(engines) == set(engine_factories(FaceSwapSettings()))
+    assert engines["landmark_warp"].ready and engines["landmark_warp"].device == "cpu"
+    assert not engines["simswap"].ready and engines["simswap"].detail
+    assert listing.default_engine == "landmark_warp"
+
+
+@pytest.mark.parametrize("name", ["landmark_warp", "auto", ""])
+def test_the_server_swaps_with_landmark_warp_by_name_and_by_default(
+    faceswap_stub, engine, identity, name
+):
+    template = template_frame("far_left")
+    expected = engine.start_stream(identity).process(template)
+    assert expected.face_found
+
+    served = _served_identity(faceswap_stub, name)
+    assert served.engine == "landmark_warp"
+    box = served.face_box
+    assert (box.x, box.y, box.width, box.height) == identity.face_box
+    swapped = _served_swap(faceswap_stub, served, template)
+    assert swapped.face_found and swapped.engine == "landmark_warp"
+    box = swapped.face_box
+    assert (box.x, box.y, box.width, box.height) == expected.box
+    assert np.array_equal(images.decode_image(swapped.image.data, 10**7), expected.image)
+
+
+def test_the_server_refuses_simswap_without_its_weights(faceswap_stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        _served_identity(faceswap_stub, "simswap")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "simswap" in caught.value.details()
+
+
+def test_unknown_engine_name_lists_the_known_ones(faceswap_stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        _served_identity(faceswap_stub, "deepfake9000")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details()
+    assert "deepfake9000" in details and "landmark_warp" in details and "simswap" in details
 
 
 def test_source_face_keeps_the_photo_crop_small(identity):
-    source = _decode_source_face(identity.state)
+    source = decode_source_face("landmark_warp", identity.state)
     assert isinstance(source, SourceFace)
     height, width = source.image.shape[:2]
     assert source.landmarks[:, 0].min() >= 0 and source.landmarks[:, 0].max() <= width

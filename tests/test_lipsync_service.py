@@ -3,6 +3,7 @@ frames of a real face, both engines, and bad input ending in clear statuses."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import threading
 import time
@@ -22,7 +23,8 @@ from services.lipsync.server import start
 from services.lipsync.wav2lip import files
 from services.lipsync.wav2lip.checkpoints import save_training_checkpoint
 from services.lipsync.wav2lip.network import Wav2Lip
-from services.shared import media
+from services.shared import images
+from services.shared.audio import to_pcm_s16le
 from services.shared.faces import default_analyzer
 
 FPS = 15.0
@@ -111,7 +113,7 @@ def _sync(
         )
         for index, frame in enumerate(frames):
             image = media_pb2.EncodedImage(
-                data=media.encode_image(frame, "png"), format=media_pb2.IMAGE_FORMAT_PNG
+                data=images.encode_image(frame, "png"), format=media_pb2.IMAGE_FORMAT_PNG
             )
             yield lipsync_pb2.SyncLipsRequest(frame=media_pb2.Frame(index=index, image=image))
 
@@ -119,7 +121,7 @@ def _sync(
 
 
 def _decoded(response: lipsync_pb2.SyncLipsResponse) -> np.ndarray:
-    return media.decode_image(response.image.data, 4096 * 4096)
+    return images.decode_image(response.image.data, 4096 * 4096)
 
 
 def _loudness_at_frames(path: Path, count: int, fps: float) -> np.ndarray:
@@ -236,7 +238,7 @@ def test_bad_audio_gets_a_clear_status(lipsync, speech) -> None:
 
 def test_bad_streams_get_a_clear_status(lipsync, speech) -> None:
     invalid = grpc.StatusCode.INVALID_ARGUMENT
-    face = media_pb2.EncodedImage(data=media.encode_image(data.astronaut(), "png"))
+    face = media_pb2.EncodedImage(data=images.encode_image(data.astronaut(), "png"))
     frame_request = lipsync_pb2.SyncLipsRequest(frame=media_pb2.Frame(index=0, image=face))
     assert _status(lambda: lipsync.SyncLips(iter([frame_request]), timeout=30)) == invalid
 
@@ -282,9 +284,33 @@ def test_a_stream_that_never_sends_its_config_is_ended(lipsync) -> None:
 def test_pcm_at_another_rate_is_resampled(lipsync, speech) -> None:
     samples, rate = soundfile.read(speech["en"], dtype="float64")
     stereo_48k = signal.resample_poly(samples, 48000, rate)
-    pcm = (np.repeat(stereo_48k[:, None], 2, axis=1) * 32767).astype("<i2").tobytes()
+    pcm = to_pcm_s16le(np.repeat(stereo_48k[:, None], 2, axis=1))
     audio_format = media_pb2.AudioFormat(
         encoding=media_pb2.AUDIO_ENCODING_PCM_S16LE, sample_rate_hz=48000, channels=2
     )
     features = _prepare(lipsync, "mouth_motion", pcm, audio_format)
     assert features.duration_seconds == pytest.approx(len(samples) / rate, abs=0.01)
+
+
+def _openings(features: lipsync_pb2.AudioFeatures) -> np.ndarray:
+    with np.load(io.BytesIO(features.state), allow_pickle=False) as state:
+        return state["opening"]
+
+
+def test_the_voice_services_stems_drive_the_mouth_as_they_are(lipsync, speech) -> None:
+    """PCM s16le at 44.1 kHz stereo, as every voice StemChunk declares itself, gives the same
+    mouth motion as the same voice sent at its own rate in mono."""
+    samples, rate = soundfile.read(speech["ko"], dtype="float64")
+    stem = signal.resample_poly(samples, 44100, rate)
+    stem_format = media_pb2.AudioFormat(
+        encoding=media_pb2.AUDIO_ENCODING_PCM_S16LE, sample_rate_hz=44100, channels=2
+    )
+    from_stem = _prepare(lipsync, "mouth_motion", to_pcm_s16le(np.stack([stem, stem], 1)),
+                         stem_format, chunk_bytes=128 * 1024)  # fmt: skip
+    from_voice = _prepare(lipsync, "mouth_motion", *_pcm(speech["ko"]))
+    assert from_stem.duration_seconds == pytest.approx(from_voice.duration_seconds, abs=0.01)
+    stem_openings, voice_openings = _openings(from_stem), _openings(from_voice)
+    count = min(len(stem_openings), len(voice_openings))
+    assert abs(len(stem_openings) - len(voice_openings)) <= 1 and count > 50
+    assert voice_openings.std() > 0  # a moving mouth to compare
+    assert np.corrcoef(stem_openings[:count], voice_openings[:count])[0, 1] > 0.99

@@ -21,15 +21,10 @@ from services.lipsync.wav2lip.checkpoints import load_state_dict_file, save_trai
 from services.lipsync.wav2lip.mel import mel_window, melspectrogram, window_start
 from services.lipsync.wav2lip.models import load_generator, network_inputs
 from services.lipsync.wav2lip.network import Wav2Lip
-from services.lipsync.wav2lip.s3fd import (
-    S3FD,
-    S3FDDetector,
-    best_face,
-    decode_detections,
-    non_maximum_suppression,
-)
+from services.lipsync.wav2lip.s3fd import NMS_IOU, S3FD, S3FDDetector, best_face, decode_detections
 from services.lipsync.wav2lip.tracking import BoxSmoother, padded_box
 from services.shared.errors import EngineNotReady, InvalidInput
+from services.shared.face_geometry import non_maximum_suppression
 
 
 @pytest.fixture(scope="module")
@@ -313,8 +308,68 @@ def test_s3fd_has_the_official_parameters_and_loads_a_plain_state_dict(tmp_path:
     assert shapes[0] == (2, 32, 32) and shapes[1] == (4, 32, 32)  # stride 4, max-out applied
     # fc6 pads by 3 (official), so the deepest maps are larger than 128 / stride.
     assert shapes[-2] == (2, 2, 2)
-    face = detector.detect(data.astronaut())
-    assert face is None or (0 <= face.x1 < face.x2 and 0 <= face.y1 < face.y2)
+
+
+# No S3FD weights can be fetched here, and random ones give no detection that must or must not
+# happen. These weights make the official network a known detector instead: the first head
+# (conv3_3, stride 4, 16 px anchors) scores "face" wherever the frame is brighter than
+# BRIGHT_ABOVE over the pixel means, every other head scores background, boxes are the anchors.
+BRIGHT_ABOVE = 60.0
+
+
+def _bright_patch_s3fd() -> dict[str, torch.Tensor]:
+    state = {name: torch.zeros_like(tensor) for name, tensor in S3FD().state_dict().items()}
+    # conv1_1 -> conv3_3: channel 0 carries the mean brightness over the threshold, unchanged.
+    state["conv1_1.weight"][0, :, 1, 1] = 1.0 / 3
+    state["conv1_1.bias"][0] = -BRIGHT_ABOVE
+    for layer in ("conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3"):
+        state[f"{layer}.weight"][0, 0, 1, 1] = 1.0
+    # L2Norm turns any positive channel 0 into 10, the official scale of conv3_3_norm.
+    for norm, scale in (("conv3_3_norm", 10.0), ("conv4_3_norm", 8.0), ("conv5_3_norm", 5.0)):
+        state[f"{norm}.weight"].fill_(scale)
+    # Face score 10 - 5 = +5 over the bright, -5 elsewhere, against a background score of 0.
+    state["conv3_3_norm_mbox_conf.weight"][3, 0, 1, 1] = 1.0
+    state["conv3_3_norm_mbox_conf.bias"][3] = -5.0
+    for head in ("conv4_3_norm", "conv5_3_norm", "fc7", "conv6_2", "conv7_2"):
+        state[f"{head}_mbox_conf.bias"][0] = 5.0
+    return state
+
+
+@pytest.fixture(scope="module")
+def bright_patch_detector(tmp_path_factory: pytest.TempPathFactory) -> S3FDDetector:
+    path = tmp_path_factory.mktemp("s3fd") / "s3fd.pth"
+    torch.save(_bright_patch_s3fd(), path)
+    # As the engine runs it: the 512 px photo is searched at 160 px, boxes scaled back.
+    return S3FDDetector(path, torch.device("cpu"), max_side=160)
+
+
+def _dimmed_astronaut() -> np.ndarray:
+    """The astronaut photo, dimmed until no pixel is bright enough to fire a detection."""
+    return (data.astronaut() * 0.25).astype(np.uint8)
+
+
+def test_s3fd_finds_the_patch_its_weights_detect_in_frame_coordinates(
+    bright_patch_detector: S3FDDetector,
+) -> None:
+    frame = _dimmed_astronaut()
+    left, top, side = 300, 120, 96  # where the "face" is, in the 512 px frame
+    frame[top : top + side, left : left + side] = 255
+    face = bright_patch_detector.detect(frame)
+    assert face is not None, "the patch the weights respond to was not detected"
+    assert face.score > 0.99
+    centre_x, centre_y = (face.x1 + face.x2) / 2, (face.y1 + face.y2) / 2
+    assert left <= centre_x <= left + side and top <= centre_y <= top + side, face
+    # One 16 px anchor at the 160 px search size, scaled back to the 512 px frame.
+    scale = 512 / 160
+    assert face.x2 - face.x1 == pytest.approx(16 * scale, rel=0.02)
+    assert face.y2 - face.y1 == pytest.approx(16 * scale, rel=0.02)
+
+
+def test_s3fd_finds_nothing_where_its_weights_detect_nothing(
+    bright_patch_detector: S3FDDetector,
+) -> None:
+    assert bright_patch_detector.detect(_dimmed_astronaut()) is None
+    assert bright_patch_detector.detect(np.zeros((240, 320, 3), np.uint8)) is None
 
 
 def test_s3fd_decoding_recovers_anchor_boxes_and_suppresses_overlaps() -> None:
@@ -333,7 +388,8 @@ def test_s3fd_decoding_recovers_anchor_boxes_and_suppresses_overlaps() -> None:
     face = best_face(candidates)
     assert face is not None and face.score > 0.99
     boxes = np.array([[0, 0, 10, 10, 0.9], [1, 1, 11, 11, 0.8], [50, 50, 60, 60, 0.7]])
-    assert non_maximum_suppression(boxes)[:, 4].tolist() == [0.9, 0.7]
+    kept = non_maximum_suppression(boxes[:, :4], boxes[:, 4], NMS_IOU)
+    assert boxes[kept, 4].tolist() == [0.9, 0.7]
 
 
 # -------------------------------------------------------------------------- tracking, engine
@@ -379,7 +435,7 @@ def test_engine_syncs_faces_deterministically_and_passes_faceless_frames(
     assert np.array_equal(first[2].image, blank)
     for a, b in zip(first, second, strict=True):
         assert np.array_equal(a.image, b.image)
-    x, y, width, height = first[0].mouth_box
+    x, y, width, height = first[0].box
     changed = np.abs(first[0].image.astype(int) - face).sum(axis=2) > 0
     assert changed.any()
     rows, columns = np.nonzero(changed)

@@ -13,10 +13,10 @@ from grpc_status import rpc_status
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
 
+from services import samples as mixes
 from services.client import RemindClient
-from services.shared import media
+from services.shared import images
 from services.stack import LocalStack
-from services.voice import mixes
 
 GIF_JOBS, VIDEO_JOBS = 20, 4
 
@@ -67,7 +67,7 @@ def _run_jobs(client: RemindClient, create, count: int) -> list[jobs_pb2.Job]:  
 def test_twenty_gif_jobs_and_four_video_jobs_at_once_complete_in_bounded_memory(
     stack: LocalStack, client: RemindClient, user_photo
 ):
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png").name
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png").name
     voice = client.upload(mixes.wav_bytes(mixes.make_mix("en-us", 6.0).mixture), "v.wav").name
     gif = client.list_templates(templates_pb2.TEMPLATE_KIND_GIF)[0].name
     video = client.list_templates(templates_pb2.TEMPLATE_KIND_VIDEO)[0].name
@@ -96,7 +96,7 @@ def test_twenty_gif_jobs_and_four_video_jobs_at_once_complete_in_bounded_memory(
 def test_a_full_queue_refuses_with_a_retry_hint_and_cancelling_frees_a_place(
     client: RemindClient, user_photo
 ):
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png").name
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png").name
     video = client.list_templates(templates_pb2.TEMPLATE_KIND_VIDEO)[0].name
     voice = client.upload(mixes.wav_bytes(mixes.make_mix("en-us", 4.0).mixture), "v.wav").name
     accepted, refused = [], None

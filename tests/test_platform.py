@@ -10,13 +10,14 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from minio import Minio
 from minio.error import S3Error
 from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 from skimage import data
 
-from services.shared import media
+from services.shared import images
 from services.stack import StackInfo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,12 +36,53 @@ def _bearer(stack_info: StackInfo) -> list[str]:
     return ["-H", f"authorization: Bearer {stack_info.api_keys['local']}"]
 
 
-@pytest.mark.parametrize("service", ["orchestrator", "faceswap"])
-def test_health_is_serving(stack_info: StackInfo, service: str):
-    address = getattr(stack_info, f"{service}_address")
+# What each server serves, by the full names its health and reflection services report.
+SERVED = {
+    "orchestrator": (
+        "remind.v1.JobService",
+        "remind.v1.TemplateService",
+        "remind.v1.MediaService",
+    ),
+    "faceswap": ("remind.v1.FaceSwapService",),
+    "lipsync": ("remind.v1.LipSyncService",),
+    "voice": ("remind.v1.VoiceService",),
+}
+PLATFORM_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+
+
+def _health(address: str, service: str) -> int:
     with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=10
+        )
+    return reply.status
+
+
+@pytest.mark.parametrize("server", list(SERVED))
+def test_health_is_serving_overall_and_for_each_service(stack_info: StackInfo, server: str):
+    address = getattr(stack_info, f"{server}_address")
+    for service in ("", *SERVED[server]):
+        assert _health(address, service) == health_pb2.HealthCheckResponse.SERVING, (
+            f"{server}: {service or 'overall'}"
+        )
+    # A name the server does not serve is unknown to it, not reported as serving.
+    with pytest.raises(grpc.RpcError) as caught:
+        _health(address, "remind.v1.NoSuchService")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("server", list(SERVED))
+def test_reflection_lists_exactly_the_services_of_each_server(stack_info: StackInfo, server: str):
+    address = getattr(stack_info, f"{server}_address")
+    with grpc.insecure_channel(address) as channel:
+        replies = list(
+            reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+            )
+        )
+    (reply,) = replies
+    listed = [service.name for service in reply.list_services_response.service]
+    assert sorted(listed) == sorted([*SERVED[server], *PLATFORM_SERVICES])
 
 
 def test_grpcurl_lists_and_describes_through_reflection(stack_info: StackInfo):
@@ -85,7 +127,7 @@ def test_metrics_endpoints_count_rpcs(stack_info: StackInfo):
 
 
 def test_job_stages_are_timed_in_metrics(stack_info: StackInfo, client, user_photo):
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     job = client.create_gif_job(face.name, client.list_templates(1)[0].name)
     assert list(client.watch(job.name))[-1].state == jobs_pb2.JOB_STATE_SUCCEEDED
     text = urllib.request.urlopen(stack_info.metrics_url("orchestrator")).read().decode()
@@ -102,7 +144,7 @@ def _swap_stream(stack_info: StackInfo, requests: list) -> list:
 def test_swap_stream_without_config_is_invalid_argument(stack_info: StackInfo):
     frame = faceswap_pb2.SwapFacesRequest(
         frame=media_pb2.Frame(
-            index=0, image=media_pb2.EncodedImage(data=media.encode_image(data.coffee(), "png"))
+            index=0, image=media_pb2.EncodedImage(data=images.encode_image(data.coffee(), "png"))
         )
     )
     with pytest.raises(grpc.RpcError) as caught:
@@ -116,7 +158,7 @@ def test_frames_without_a_face_pass_through_unchanged(stack_info: StackInfo):
         stub = faceswap_pb2_grpc.FaceSwapServiceStub(channel)
         identity = stub.PrepareIdentity(
             faceswap_pb2.PrepareIdentityRequest(
-                photo=media_pb2.EncodedImage(data=media.encode_image(data.astronaut(), "png"))
+                photo=media_pb2.EncodedImage(data=images.encode_image(data.astronaut(), "png"))
             )
         ).identity
     assert identity.engine == "landmark_warp"
@@ -125,7 +167,7 @@ def test_frames_without_a_face_pass_through_unchanged(stack_info: StackInfo):
     requests += [
         faceswap_pb2.SwapFacesRequest(
             frame=media_pb2.Frame(
-                index=i, image=media_pb2.EncodedImage(data=media.encode_image(coffee, "png"))
+                index=i, image=media_pb2.EncodedImage(data=images.encode_image(coffee, "png"))
             )
         )
         for i in range(3)
@@ -134,7 +176,7 @@ def test_frames_without_a_face_pass_through_unchanged(stack_info: StackInfo):
     assert [r.index for r in responses] == [0, 1, 2]
     for response in responses:
         assert not response.face_found
-        assert (media.decode_image(response.image.data, 10**7) == coffee).all()
+        assert (images.decode_image(response.image.data, 10**7) == coffee).all()
 
 
 def test_the_store_rejects_wrong_keys_and_anonymous_reads(stack_info: StackInfo):

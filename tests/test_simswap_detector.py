@@ -17,14 +17,10 @@ import torch.nn.functional as F
 from skimage import transform as skimage_transform
 from torch import nn
 
-from services.faceswap.simswap.alignment import (
-    aligned_crop,
-    estimate_alignment,
-    templates_for,
-    umeyama_similarity,
-)
+from services.faceswap.simswap.alignment import aligned_crop, estimate_alignment, templates_for
 from services.faceswap.simswap.detector import DlibFivePointDetector, ScrfdDetector, primary_face
 from services.shared.errors import EngineNotReady
+from services.shared.face_geometry import umeyama_similarity
 from services.shared.faces import default_analyzer
 
 STRIDES = (8, 16, 32)

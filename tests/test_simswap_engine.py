@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_simswap_reference import build_models_dir
 
 from services.faceswap.config import FaceSwapSettings
 from services.faceswap.engines.base import FaceIdentity
@@ -22,6 +21,7 @@ from services.shared.batching import Batcher, then
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.errors import EngineNotReady, InvalidInput
 from services.shared.model_files import MANIFEST_NAME, ModelFile, check_files, record_files
+from tests.test_simswap_reference import build_models_dir
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +52,11 @@ def test_simswap_is_preferred_when_ready_and_auto_falls_back_without_weights(
 
 def test_identity_is_a_unit_embedding_without_pickle(engine, user_photo):
     identity = engine.prepare_identity(user_photo)
-    embedding, resolution = decode_identity(identity.state)
+    embedding, resolution = decode_identity(identity, "simswap")
     assert identity.engine == "simswap" and resolution == 224
     assert embedding.shape == (512,)
     assert np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-4)
-    again, _ = decode_identity(engine.prepare_identity(user_photo).state)
+    again, _ = decode_identity(engine.prepare_identity(user_photo), "simswap")
     np.testing.assert_array_equal(embedding, again)
 
 
@@ -73,7 +73,7 @@ def test_frames_of_a_stream_are_batched_and_pasted_inside_the_face(engine, user_
         changed = np.abs(result.image.astype(int) - frame.astype(int)).max(axis=2) > 0
         ys, xs = np.nonzero(changed)
         assert len(ys) > 1000
-        x, y, width, height = result.face_box
+        x, y, width, height = result.box
         margin_x, margin_y = width, height  # the official crop is about twice the face box
         assert xs.min() >= x - margin_x and xs.max() <= x + width + margin_x
         assert ys.min() >= y - margin_y and ys.max() <= y + height + margin_y

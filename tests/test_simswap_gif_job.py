@@ -13,18 +13,18 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import free_base_port
 from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
-from test_simswap_reference import build_models_dir
 
 from services.client import RemindClient
 from services.orchestrator.model_clients import FaceSwapClient
-from services.shared import media
+from services.shared import images, video
 from services.shared.settings import S3Settings
 from services.shared.storage import ObjectStore
 from services.stack import LocalStack, StackInfo
+from tests.conftest import free_base_port
+from tests.test_simswap_reference import build_models_dir
 
 TEMPLATES_BUCKET = "remind-templates"
 FRAMES_CHECKED = 3
@@ -75,14 +75,14 @@ def test_gif_job_with_simswap_succeeds(simswap_stack, template_gif, user_photo, 
     template, _ = template_gif
     address, key = simswap_stack.orchestrator_address, simswap_stack.api_keys["local"]
     with RemindClient(address, key) as client:
-        photo = client.upload(media.encode_image(user_photo, "png"), "me.png")
+        photo = client.upload(images.encode_image(user_photo, "png"), "me.png")
         job = client.create_gif_job(photo.name, template.name, engine="simswap")
         final = list(client.watch(job.name))[-1]
         assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error.message
         assert final.result.engines["faceswap"] == "simswap"
         result = tmp_path / "result.gif"
         result.write_bytes(client.download(final.result.media))
-    frames = list(media.iter_frames(result))
+    frames = list(video.iter_frames(result))
     assert len(frames) == template.frame_count == final.result.frames_total
     assert all(frame.shape == (template.height, template.width, 3) for frame in frames)
     assert final.result.frames_with_face >= 0.9 * final.result.frames_total
@@ -90,16 +90,16 @@ def test_gif_job_with_simswap_succeeds(simswap_stack, template_gif, user_photo, 
 
 def test_paste_back_changes_pixels_only_around_the_face(simswap_stack, template_gif, user_photo):
     _, path = template_gif
-    originals = list(media.iter_frames(path))[:FRAMES_CHECKED]
+    originals = list(video.iter_frames(path))[:FRAMES_CHECKED]
     client = FaceSwapClient(simswap_stack.faceswap_address, 8 << 20, 120)
     try:
-        identity = client.prepare_identity(media.encode_image(user_photo, "png"), "simswap")
+        identity = client.prepare_identity(images.encode_image(user_photo, "png"), "simswap")
         assert identity.engine == "simswap"
         frames = (
             media_pb2.Frame(
                 index=index,
                 image=media_pb2.EncodedImage(
-                    data=media.encode_image(frame, "png"), format=media_pb2.IMAGE_FORMAT_PNG
+                    data=images.encode_image(frame, "png"), format=media_pb2.IMAGE_FORMAT_PNG
                 ),
             )
             for index, frame in enumerate(originals)
@@ -110,7 +110,7 @@ def test_paste_back_changes_pixels_only_around_the_face(simswap_stack, template_
     assert [response.index for response in responses] == list(range(len(originals)))
     for original, response in zip(originals, responses, strict=True):
         assert response.engine == "simswap" and response.face_found
-        swapped = media.decode_image(response.image.data, 10**8)
+        swapped = images.decode_image(response.image.data, 10**8)
         assert swapped.shape == original.shape
         changed = np.abs(swapped.astype(int) - original.astype(int)).max(axis=2) > 0
         ys, xs = np.nonzero(changed)

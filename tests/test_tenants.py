@@ -8,7 +8,7 @@ from remind.v1 import media_service_pb2 as media_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
 
 from services.client import RemindClient
-from services.shared import media
+from services.shared import images
 from services.stack import StackInfo
 
 
@@ -25,7 +25,7 @@ def _code(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def acme_job(stack_info: StackInfo, user_photo) -> tuple[jobs_pb2.Job, str]:
     with _client(stack_info, stack_info.api_keys["acme"]) as acme:
-        photo = acme.upload(media.encode_image(user_photo, "png"), "acme.png")
+        photo = acme.upload(images.encode_image(user_photo, "png"), "acme.png")
         template = acme.list_templates(templates_pb2.TEMPLATE_KIND_GIF)[0].name
         job = acme.create_gif_job(photo.name, template)
         final = list(acme.watch(job.name))[-1]

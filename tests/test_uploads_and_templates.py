@@ -12,13 +12,13 @@ from remind.v1 import template_service_pb2 as templates_pb2
 from skimage import data
 
 from services.client import RemindClient
-from services.shared import media
+from services.shared import images, video
 
 
 def _moving_face_gif(path, photo: np.ndarray, size: tuple[int, int], frames: int, fps: float):
     width, height = size
     base = cv2.resize(photo, (width, height))
-    with media.GifEncoder(path, width, height, fps) as gif:
+    with video.GifEncoder(path, width, height, fps) as gif:
         for index in range(frames):
             shift = np.float32([[1, 0, 3 * np.sin(index / 3)], [0, 1, 2 * np.cos(index / 4)]])
             gif.write(cv2.warpAffine(base, shift, (width, height), borderMode=cv2.BORDER_REFLECT))
@@ -61,7 +61,7 @@ def test_uploaded_template_is_checked_then_used_for_a_job(
     again = _status(lambda: _create_template(client, path, "my-astronaut"))
     assert again.code() == grpc.StatusCode.ALREADY_EXISTS
 
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     job = client.create_gif_job(face.name, template.name)
     final = list(client.watch(job.name))[-1]
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error.message
@@ -85,7 +85,7 @@ def test_template_longer_than_six_seconds_is_refused(client, tmp_path):
 def test_template_over_1080p_is_refused(client, tmp_path):
     path = tmp_path / "wide.gif"
     frame = np.full((1100, 2000, 3), 128, np.uint8)
-    with media.GifEncoder(path, 2000, 1100, 5) as gif:
+    with video.GifEncoder(path, 2000, 1100, 5) as gif:
         for _ in range(10):
             gif.write(frame)
     error = _status(lambda: _create_template(client, path, "too-wide"))
@@ -94,7 +94,7 @@ def test_template_over_1080p_is_refused(client, tmp_path):
 
 
 def test_a_running_job_can_be_cancelled(client, user_photo):
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     template = client.list_templates(templates_pb2.TEMPLATE_KIND_GIF)[0].name
     job = client.create_gif_job(face.name, template)
     for event in client.watch(job.name):

@@ -10,10 +10,10 @@ import pytest
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
 
+from services import samples as mixes
 from services.client import RemindClient
-from services.shared import faces, media, watermark
+from services.shared import faces, images, video, watermark
 from services.stack import LocalStack
-from services.voice import mixes
 
 VOICE_SECONDS = 12.0
 TEMPLATE = "templates/astronaut-talk"
@@ -28,7 +28,7 @@ def voice_mix() -> mixes.Mix:
 def video_job(stack: LocalStack, user_photo, voice_mix, tmp_path_factory):
     info = stack.info()
     with RemindClient(info.orchestrator_address, info.api_keys["local"]) as client:
-        face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+        face = client.upload(images.encode_image(user_photo, "png"), "me.png")
         voice = client.upload(mixes.wav_bytes(voice_mix.mixture), "voice.wav")
         job = client.create_video_job(face.name, voice.name, TEMPLATE)
         events = list(client.watch(job.name))
@@ -69,7 +69,7 @@ def test_the_mp4_plays_with_video_and_audio_as_long_as_the_template(video_job):
     assert codecs["audio"]["codec_name"] == "aac"
     assert abs(float(report["format"]["duration"]) - template.duration_seconds) < 0.1
     assert "synthetic" in report["format"]["tags"]["comment"]
-    assert watermark.verify(media.iter_frames(path)).watermarked
+    assert watermark.verify(video.iter_frames(path)).watermarked
     assert job.result.frames_total == template.frame_count
     assert job.result.engines["voice"] == "spleeter"
     assert job.result.engines["lipsync"] == "mouth_motion"
@@ -100,7 +100,7 @@ def test_the_mouth_follows_the_voice_and_the_face_is_the_photos(video_job, user_
     distances = []
     speech = voice_mix.voice.mean(axis=1)
     window = int(0.04 * mixes.SAMPLE_RATE)
-    for index, frame in enumerate(media.iter_frames(path)):
+    for index, frame in enumerate(video.iter_frames(path)):
         if index >= voice_frames:
             break
         face = analyzer.primary_face(frame)
@@ -130,7 +130,7 @@ def _status(call) -> grpc.RpcError:  # type: ignore[no-untyped-def]
 
 def test_a_voice_recording_without_speech_fails_the_job_with_a_reason(client, user_photo):
     music_only = mixes.music(8.0)
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     voice = client.upload(mixes.wav_bytes(music_only * 0.3), "music.wav")
     job = client.create_video_job(face.name, voice.name, TEMPLATE)
     final = list(client.watch(job.name))[-1]
@@ -141,7 +141,7 @@ def test_a_voice_recording_without_speech_fails_the_job_with_a_reason(client, us
 
 
 def test_bad_video_job_requests_get_clear_statuses(client, user_photo, astronaut_png):
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     voice = client.upload(mixes.wav_bytes(mixes.speech("en-us", "hello there", 2.0)), "v.wav")
     error = _status(
         lambda: client.create_video_job(face.name, voice.name, "templates/astronaut-sway")
@@ -157,7 +157,7 @@ def test_bad_video_job_requests_get_clear_statuses(client, user_photo, astronaut
 
 
 def test_unknown_or_unready_engines_are_refused_before_a_job_is_queued(client, user_photo):
-    face = client.upload(media.encode_image(user_photo, "png"), "me.png")
+    face = client.upload(images.encode_image(user_photo, "png"), "me.png")
     voice = client.upload(mixes.wav_bytes(mixes.speech("en-us", "hello there", 2.0)), "v.wav")
 
     def create(**engines: str) -> jobs_pb2.Job:

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from services.orchestrator.builtin_templates import render_builtin_gif
-from services.shared import media, watermark
+from services.shared import video, watermark
 
 
 @pytest.fixture(scope="module")
 def template_frames(tmp_path_factory) -> list[np.ndarray]:
     path = tmp_path_factory.mktemp("wm") / "template.gif"
     render_builtin_gif("astronaut-sway", path)
-    return list(media.iter_frames(path))
+    return list(video.iter_frames(path))
 
 
 def test_the_watermark_is_invisible(template_frames):
@@ -24,7 +24,7 @@ def test_the_watermark_is_invisible(template_frames):
     assert cv2.PSNR(watermark.embed(frame), frame) > 40
 
 
-@pytest.mark.parametrize("encoder", [media.GifEncoder, media.Mp4Encoder])
+@pytest.mark.parametrize("encoder", [video.GifEncoder, video.Mp4Encoder])
 def test_marked_media_verifies_and_unmarked_does_not(template_frames, tmp_path, encoder):
     height, width = template_frames[0].shape[:2]
     marked, plain = tmp_path / "marked", tmp_path / "plain"
@@ -32,8 +32,8 @@ def test_marked_media_verifies_and_unmarked_does_not(template_frames, tmp_path, 
         with encoder(path, width, height, 12) as out:
             for frame in template_frames:
                 out.write(watermark.embed(frame) if mark else frame)
-    found = watermark.verify(media.iter_frames(marked))
-    absent = watermark.verify(media.iter_frames(plain))
+    found = watermark.verify(video.iter_frames(marked))
+    absent = watermark.verify(video.iter_frames(plain))
     assert found.watermarked and found.score > 2 * watermark.THRESHOLD
     assert not absent.watermarked and abs(absent.score) < watermark.THRESHOLD / 2
 
@@ -47,14 +47,14 @@ def test_another_key_does_not_verify(template_frames):
 def test_remind_verify_command(template_frames, tmp_path):
     height, width = template_frames[0].shape[:2]
     path = tmp_path / "out.gif"
-    with media.GifEncoder(path, width, height, 12) as gif:
+    with video.GifEncoder(path, width, height, 12) as gif:
         for frame in template_frames:
             gif.write(watermark.embed(frame))
     remind = [sys.executable, "-m", "services.cli", "verify"]
     marked = subprocess.run([*remind, str(path)], capture_output=True, text=True, timeout=120)
     assert marked.returncode == 0 and "synthetic, made by Re:Mind" in marked.stdout
     plain = tmp_path / "plain.gif"
-    with media.GifEncoder(plain, width, height, 12) as gif:
+    with video.GifEncoder(plain, width, height, 12) as gif:
         for frame in template_frames:
             gif.write(frame)
     unmarked = subprocess.run([*remind, str(plain)], capture_output=True, text=True, timeout=120)

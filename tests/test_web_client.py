@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from services.shared import media
+from services.shared import images
 from services.stack import StackInfo
 
 CHROMIUM = "/usr/bin/chromium"
@@ -40,7 +40,7 @@ def test_web_client_makes_a_gif_over_grpc_web(
 ):
     page = browser_page
     photo = tmp_path / "me.png"
-    photo.write_bytes(media.encode_image(user_photo, "png"))
+    photo.write_bytes(images.encode_image(user_photo, "png"))
     _open(page, stack_info, stack_info.api_keys["local"])
     page.wait_for_function("document.querySelectorAll('#template option').length >= 3")
     page.set_input_files("#photo", str(photo))

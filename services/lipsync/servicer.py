@@ -13,11 +13,12 @@ from services.lipsync.config import LipSyncSettings
 from services.lipsync.engines.base import AudioFeatures, LipSyncEngine
 from services.shared import wire
 from services.shared.engine_catalog import EngineCatalog
+from services.shared.engines import FrameStream
 from services.shared.errors import TooLarge
-from services.shared.observability import FRAMES
-from services.shared.streams import read_ahead, with_idle_timeout
 
 log = logging.getLogger(__name__)
+
+SYNC_LIPS = wire.FrameRpc("lipsync", "SyncLips", lipsync_pb2.SyncLipsResponse, "mouth_box")
 
 
 def features_to_proto(features: AudioFeatures) -> lipsync_pb2.AudioFeatures:
@@ -46,13 +47,11 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServiceServicer):
         request_iterator: Iterator[lipsync_pb2.PrepareAudioRequest],
         context: grpc.ServicerContext,
     ) -> lipsync_pb2.PrepareAudioResponse:
-        requests = with_idle_timeout(
-            request_iterator, self.settings.request_idle_timeout_seconds, "PrepareAudio"
-        )
-        config = wire.first_message(
-            requests,
-            "config",
-            "The first PrepareAudio message must be the config; the audio chunks follow it.",
+        config, requests = wire.opened_stream(
+            request_iterator,
+            self.settings.request_idle_timeout_seconds,
+            "PrepareAudio",
+            "the audio chunks",
         )
         engine = self.engines.resolve(config.engine)
         data = self._receive_audio(requests)
@@ -81,48 +80,18 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServiceServicer):
         request_iterator: Iterator[lipsync_pb2.SyncLipsRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[lipsync_pb2.SyncLipsResponse]:
-        requests = with_idle_timeout(
-            request_iterator, self.settings.request_idle_timeout_seconds, "SyncLips"
-        )
-        config = wire.first_message(
-            requests,
-            "config",
-            "The first SyncLips message must be the config; the frames follow it.",
-        )
-        wire.require(
-            0 < config.fps <= self.settings.max_fps,
-            f"fps must be above 0 and at most {self.settings.max_fps:g}, got {config.fps:g}.",
-        )
-        features = features_from_proto(config.features)
-        engine = self.engines.resolve(features.engine)
-        syncer = engine.start_stream(features, config.fps)
-        frames_done = FRAMES.labels("lipsync", engine.name)
-
-        def submit_frames(stream: Iterator[lipsync_pb2.SyncLipsRequest]):
-            yield from wire.submitted_frames(
-                stream, syncer.submit, self.settings.max_frame_pixels, "SyncLips"
+        def start(config: lipsync_pb2.LipSyncConfig) -> tuple[LipSyncEngine, FrameStream]:
+            wire.require(
+                0 < config.fps <= self.settings.max_fps,
+                f"fps must be above 0 and at most {self.settings.max_fps:g}, got {config.fps:g}.",
             )
-            syncer.finish()
+            features = features_from_proto(config.features)
+            engine = self.engines.resolve(features.engine)
+            return engine, engine.start_stream(features, config.fps)
 
-        frames, with_face = 0, 0
-        for index, pending in read_ahead(submit_frames(requests), self.settings.frames_in_flight):
-            synced = pending.result()
-            frames_done.inc()
-            frames += 1
-            with_face += synced.face_found
-            yield lipsync_pb2.SyncLipsResponse(
-                index=index,
-                image=wire.encode(synced.image, config.output_format),
-                face_found=synced.face_found,
-                mouth_box=wire.box_to_proto(synced.mouth_box),
-                engine=engine.name,
-            )
-        log.info("synced %d frames with %s, %d with a face", frames, engine.name, with_face)
+        return wire.serve_frames(SYNC_LIPS, request_iterator, self.settings, start)
 
     def ListLipSyncEngines(
         self, request: lipsync_pb2.ListLipSyncEnginesRequest, context: grpc.ServicerContext
     ) -> lipsync_pb2.ListLipSyncEnginesResponse:
-        return lipsync_pb2.ListLipSyncEnginesResponse(
-            engines=wire.engine_infos(self.engines.statuses()),
-            default_engine=self.engines.default_name(),
-        )
+        return wire.engine_list(self.engines, lipsync_pb2.ListLipSyncEnginesResponse)

@@ -14,13 +14,14 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from services.shared import errors
-from services.shared.handlers import StreamBehavior, UnaryBehavior, wrap_handler
+from services.shared.handlers import Continuation, within
 
 log = logging.getLogger(__name__)
 
@@ -89,29 +90,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
             raise errors.Unauthenticated("The API key is not valid.")
         return tenant
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    @contextmanager
+    def _authenticated(self, context: grpc.ServicerContext) -> Iterator[None]:
+        token = _current_tenant.set(self._tenant(context))
+        try:
+            yield
+        finally:
+            _current_tenant.reset(token)
+
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         if handler_call_details.method.lstrip("/").startswith(OPEN_SERVICES):
             return handler
-
-        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-            def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
-                token = _current_tenant.set(self._tenant(context))
-                try:
-                    return behavior(request, context)
-                finally:
-                    _current_tenant.reset(token)
-
-            return authenticated
-
-        def stream(behavior: StreamBehavior) -> StreamBehavior:
-            def authenticated(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                token = _current_tenant.set(self._tenant(context))
-                try:
-                    yield from behavior(request, context)
-                finally:
-                    _current_tenant.reset(token)
-
-            return authenticated
-
-        return wrap_handler(handler, unary, stream)
+        return within(handler, self._authenticated)

@@ -20,7 +20,7 @@ import numpy as np
 from skimage import data as skimage_data
 
 from services.shared.errors import EngineNotReady, NotFound
-from services.shared.media import GifEncoder, Mp4Encoder
+from services.shared.video import GifEncoder, Mp4Encoder
 
 FRAME_SIZE = 320
 FRAME_COUNT = 42

@@ -21,7 +21,6 @@ class OrchestratorSettings(ServerSettings):
     open_tenant: str = "local"
     max_upload_bytes: int = 50 * 1024 * 1024
     max_chunk_bytes: int = 1024 * 1024
-    max_photo_pixels: int = 40_000_000
     gif_template_min_seconds: float = 1.0
     gif_template_max_seconds: float = 6.0
     video_template_min_seconds: float = 1.0

@@ -1,4 +1,5 @@
-"""Template frames through a chain of model-service streams, into an encoder.
+"""Template frames through a chain of model-service streams, into an encoder: the render
+skeleton every job type shares, and the result it stores.
 
 Every stage is a bidirectional stream that returns one response per frame, in order, each
 carrying the frame's index and its new image. Stages are chained lazily, so decoding, every
@@ -11,21 +12,19 @@ within a deadline; frames already delivered are never redone.
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import media_pb2
 
-from services.shared import errors, media
+from services.orchestrator.jobs import JobContext
+from services.orchestrator.media_library import MediaLibrary
+from services.shared import errors, images, video, watermark
 
 log = logging.getLogger(__name__)
-
-
-class FrameResponse(Protocol):
-    index: int
-    image: media_pb2.EncodedImage
-
 
 # A stage takes frames and streams back one response per frame.
 Stage = Callable[[Iterator[media_pb2.Frame]], Iterator[Any]]
@@ -41,10 +40,10 @@ def template_frames(path: Path) -> FrameSource:
     """The frames of a template file, decoded and encoded as they are asked for."""
 
     def frames_from(start: int) -> Iterator[media_pb2.Frame]:
-        for index, frame in enumerate(media.iter_frames(path)):
+        for index, frame in enumerate(video.iter_frames(path)):
             if index >= start:
                 image = media_pb2.EncodedImage(
-                    data=media.encode_image(frame, "png"), format=FRAME_FORMAT
+                    data=images.encode_image(frame, "png"), format=FRAME_FORMAT
                 )
                 yield media_pb2.Frame(index=index, image=image)
 
@@ -116,3 +115,68 @@ class FramePipeline:
             close = getattr(stream, "close", None)
             if close:
                 close()
+
+
+class FrameWriter(Protocol):
+    def write(self, frame: np.ndarray) -> None: ...
+
+
+@dataclass
+class RenderedFrames:
+    frames: int = 0
+    # Frames where the first stage (the face swap) found a face.
+    frames_with_face: int = 0
+    engines: dict[str, str] = field(default_factory=dict)  # by stage name
+
+
+def render(
+    context: JobContext,
+    template_path: Path,
+    info: video.MediaInfo,
+    pipeline: FramePipeline,
+    writer: FrameWriter,
+    stage: jobs_pb2.JobStage,
+    progress: tuple[float, float],
+) -> RenderedFrames:
+    """Every template frame through the pipeline, watermarked, into the writer; progress is
+    reported as `stage` from progress[0] to progress[1] of the job."""
+    start, end = progress
+    total = info.frame_count
+    rendered = RenderedFrames()
+    context.report(stage, start, 0, total)
+
+    def deliver(frame: DeliveredFrame) -> None:
+        image = images.decode_image(frame.image, info.width * info.height)
+        writer.write(watermark.embed(image))
+        responses = list(frame.responses.values())
+        rendered.frames_with_face += bool(responses and responses[0].face_found)
+        rendered.engines.update({name: r.engine for name, r in frame.responses.items()})
+        done = frame.index + 1
+        fraction = start + (end - start) * done / max(total, done)
+        context.report(stage, fraction, done, max(total, done))
+
+    rendered.frames = pipeline.run(template_frames(template_path), deliver)
+    if rendered.frames == 0:
+        raise errors.InvalidInput("The template produced no frames.")
+    return rendered
+
+
+def store_result(
+    context: JobContext,
+    media_library: MediaLibrary,
+    result_path: Path,
+    content_type: str,
+    rendered: RenderedFrames,
+    progress: float,
+) -> jobs_pb2.JobResult:
+    """The finished file stored under a new key of the job, and the job's result."""
+    context.report(jobs_pb2.JOB_STAGE_STORING, progress, rendered.frames, rendered.frames)
+    stored = media_library.add_result(context.tenant, context.job_id, result_path, content_type)
+    return jobs_pb2.JobResult(
+        media=stored.name,
+        content_type=stored.content_type,
+        size_bytes=stored.size_bytes,
+        engines=rendered.engines,
+        frames_total=rendered.frames,
+        frames_with_face=rendered.frames_with_face,
+    )

@@ -80,10 +80,10 @@ class JobContext:
         self._live = live
         self.tenant = live.tenant
         self.job_id = live.job.name[len(JOB_PREFIX) :]
-        self._stage = jobs_pb2.JOB_STAGE_UNSPECIFIED
+        self._stage: jobs_pb2.JobStage = jobs_pb2.JOB_STAGE_UNSPECIFIED
         self._stage_started = time.monotonic()
 
-    def _time_stage(self, stage: int) -> None:
+    def _time_stage(self, stage: jobs_pb2.JobStage) -> None:
         """Observes how long the previous stage took, when a new one starts."""
         now = time.monotonic()
         if stage != self._stage:
@@ -97,16 +97,16 @@ class JobContext:
     def finish(self) -> None:
         self._time_stage(jobs_pb2.JOB_STAGE_DONE)
 
-    @property
-    def cancel_event(self) -> threading.Event:
-        return self._live.cancel
-
     def check_cancelled(self) -> None:
         if self._live.cancel.is_set():
             raise JobCancelled()
 
     def report(
-        self, stage: int, fraction: float, frames_done: int = 0, frames_total: int = 0
+        self,
+        stage: jobs_pb2.JobStage,
+        fraction: float,
+        frames_done: int = 0,
+        frames_total: int = 0,
     ) -> None:
         self.check_cancelled()
         self._time_stage(stage)

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from remind.v1 import media_pb2
+
 from services.orchestrator.config import OrchestratorSettings
 from services.shared import errors
 from services.shared.storage import ObjectStore
@@ -51,6 +53,10 @@ class MediaRecord:
     sha256: str
     filename: str
     create_time: str
+
+    def storage_object(self) -> media_pb2.StorageObject:
+        """Where a model service reads the media itself, instead of its bytes on the wire."""
+        return media_pb2.StorageObject(bucket=self.bucket, key=self.key)
 
 
 class _ChunkReader:

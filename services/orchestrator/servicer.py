@@ -2,6 +2,7 @@
 
 import datetime
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -14,13 +15,11 @@ from remind.v1 import template_service_pb2_grpc as templates_grpc
 
 from services.orchestrator.auth import current_tenant
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.gif_job import GifJobInput, GifJobRunner
+from services.orchestrator.job_types import JobType
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary, MediaRecord
-from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
 from services.orchestrator.template_library import GIF, VIDEO, TemplateLibrary, TemplateRecord
-from services.orchestrator.video_job import VideoJobInput, VideoJobRunner
-from services.shared import errors, wire
+from services.shared import wire
 
 KIND_NAMES = {templates_pb2.TEMPLATE_KIND_GIF: GIF, templates_pb2.TEMPLATE_KIND_VIDEO: VIDEO}
 KIND_VALUES = {name: value for value, name in KIND_NAMES.items()}
@@ -60,27 +59,14 @@ def template_to_proto(record: TemplateRecord) -> templates_pb2.Template:
 
 
 class JobServicer(jobs_grpc.JobServiceServicer):
+    """Create calls admit a job through its type in `job_types`, then queue it on the board."""
+
     def __init__(
-        self,
-        board: JobBoard,
-        media_library: MediaLibrary,
-        templates: TemplateLibrary,
-        faceswap: FaceSwapClient,
-        voice: VoiceClient,
-        lipsync: LipSyncClient,
-        gif_runner: GifJobRunner,
-        video_runner: VideoJobRunner,
-        settings: OrchestratorSettings,
+        self, board: JobBoard, media_library: MediaLibrary, job_types: dict[int, JobType]
     ) -> None:
         self.board = board
         self.media_library = media_library
-        self.templates = templates
-        self.faceswap = faceswap
-        self.voice = voice
-        self.lipsync = lipsync
-        self.gif_runner = gif_runner
-        self.video_runner = video_runner
-        self.settings = settings
+        self.job_types = job_types
 
     def _with_url(self, tenant: str, job: jobs_pb2.Job) -> jobs_pb2.Job:
         if job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.result.media:
@@ -88,61 +74,20 @@ class JobServicer(jobs_grpc.JobServiceServicer):
             job.result.download_url = url
         return job
 
+    def _create(self, kind: int, request: Any) -> jobs_pb2.Job:
+        tenant = current_tenant()
+        admitted = self.job_types[kind].admit(tenant, request)
+        return self.board.submit(tenant, admitted.job, admitted.work)
+
     def CreateGifJob(
         self, request: jobs_pb2.CreateGifJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.CreateGifJobResponse:
-        tenant = current_tenant()
-        wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
-        wire.require(bool(request.template), "template is required, e.g. templates/astronaut-sway.")
-        template = self.templates.get(tenant, request.template)
-        if template.kind != GIF:
-            raise errors.InvalidInput(f"{request.template} is not a GIF template.")
-        photo = self.media_library.read_bytes(
-            self.media_library.get(tenant, request.face_media), self.settings.max_upload_bytes
-        )
-        # Preparing the identity now rejects a bad photo before any work is queued.
-        identity = self.faceswap.prepare_identity(photo, request.faceswap_engine)
-        job = jobs_pb2.Job(
-            kind=jobs_pb2.JOB_KIND_GIF, face_media=request.face_media, template=template.name
-        )
-        job_input = GifJobInput(identity, template)
-        created = self.board.submit(
-            tenant, job, lambda job_context: self.gif_runner.run(job_context, job_input)
-        )
-        return jobs_pb2.CreateGifJobResponse(job=created)
+        return jobs_pb2.CreateGifJobResponse(job=self._create(jobs_pb2.JOB_KIND_GIF, request))
 
     def CreateVideoJob(
         self, request: jobs_pb2.CreateVideoJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.CreateVideoJobResponse:
-        tenant = current_tenant()
-        wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
-        wire.require(bool(request.voice_media), "voice_media is required: upload a recording.")
-        wire.require(bool(request.template), "template is required, e.g. templates/astronaut-talk.")
-        template = self.templates.get(tenant, request.template)
-        if template.kind != VIDEO:
-            raise errors.InvalidInput(f"{request.template} is not a video template.")
-        voice = self.media_library.get(tenant, request.voice_media)
-        # These checks reject a bad engine, recording or photo before any work is queued.
-        self.voice.check_engine(request.voice_engine)
-        self.lipsync.check_engine(request.lipsync_engine)
-        self.voice.probe_audio(voice.bucket, voice.key)
-        photo = self.media_library.read_bytes(
-            self.media_library.get(tenant, request.face_media), self.settings.max_upload_bytes
-        )
-        identity = self.faceswap.prepare_identity(photo, request.faceswap_engine)
-        job = jobs_pb2.Job(
-            kind=jobs_pb2.JOB_KIND_VIDEO,
-            face_media=request.face_media,
-            voice_media=request.voice_media,
-            template=template.name,
-        )
-        job_input = VideoJobInput(
-            identity, voice, template, request.voice_engine, request.lipsync_engine
-        )
-        created = self.board.submit(
-            tenant, job, lambda job_context: self.video_runner.run(job_context, job_input)
-        )
-        return jobs_pb2.CreateVideoJobResponse(job=created)
+        return jobs_pb2.CreateVideoJobResponse(job=self._create(jobs_pb2.JOB_KIND_VIDEO, request))
 
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
@@ -261,7 +206,8 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         self, request: media_pb2.DownloadMediaRequest, context: grpc.ServicerContext
     ) -> Iterator[media_pb2.DownloadMediaResponse]:
         record = self.media_library.get(current_tenant(), request.name)
-        metadata = media_to_proto(record)
+        # The media's description comes with the first chunk only.
+        metadata: media_pb2.Media | None = media_to_proto(record)
         for chunk in self.media_library.read_chunks(record):
             yield media_pb2.DownloadMediaResponse(media=metadata, chunk=chunk)
             metadata = None

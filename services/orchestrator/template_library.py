@@ -14,7 +14,7 @@ from pathlib import Path
 from services.orchestrator import builtin_templates
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.media_library import MediaLibrary
-from services.shared import errors, faces, media
+from services.shared import errors, faces, video
 from services.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ BUILTIN = "builtin"
 _TEMPLATE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 GIF, VIDEO = "gif", "video"
 EXTENSIONS = {GIF: (".gif", "image/gif"), VIDEO: (".mp4", "video/mp4")}
+KIND_TITLES = {GIF: "GIF", VIDEO: "video"}
 # Frames sampled to check that an uploaded template shows a face.
 FACE_CHECK_SAMPLES = 5
 
@@ -95,7 +96,7 @@ class TemplateLibrary:
                 template.display_name,
                 kind,
                 key,
-                media.probe(path),
+                video.probe(path),
                 builtin=True,
             )
         self.store.put_record(self.settings.records_bucket, record_key, asdict(record))
@@ -110,12 +111,16 @@ class TemplateLibrary:
                     records.append(record)
         return sorted(records, key=lambda record: (not record.builtin, record.name))
 
-    def get(self, tenant: str, name: str) -> TemplateRecord:
+    def get(self, tenant: str, name: str, kind: str | None = None) -> TemplateRecord:
+        """The tenant's or the built-in template; InvalidInput if it is not of `kind`."""
         template_id = template_id_of(name)
         for owner in (tenant, BUILTIN):
             key = f"{owner}/templates/{template_id}.json"
             if self.store.exists(self.settings.records_bucket, key):
-                return TemplateRecord(**self.store.get_record(self.settings.records_bucket, key))
+                record = TemplateRecord(**self.store.get_record(self.settings.records_bucket, key))
+                if kind is not None and record.kind != kind:
+                    raise errors.InvalidInput(f"{name} is not a {KIND_TITLES[kind]} template.")
+                return record
         raise errors.NotFound(f"Template {name} does not exist; list templates to see the names.")
 
     def download(self, template: TemplateRecord, path: Path) -> None:
@@ -135,7 +140,7 @@ class TemplateLibrary:
         with tempfile.TemporaryDirectory() as work:
             path = Path(work) / "template"
             self.media_library.download(upload, path)
-            info = media.probe(path)
+            info = video.probe(path)
             kind = self._check_template(info)
             self._check_has_face(path)
             extension, content_type = EXTENSIONS[kind]
@@ -149,7 +154,7 @@ class TemplateLibrary:
         )
         return record
 
-    def _check_template(self, info: media.MediaInfo) -> str:
+    def _check_template(self, info: video.MediaInfo) -> str:
         if not info.has_video or info.frame_count < 1:
             raise errors.InvalidInput("The template has no frames: upload a GIF or an MP4.")
         if info.width < 1 or info.height < 1:
@@ -165,33 +170,25 @@ class TemplateLibrary:
             raise errors.TooLarge(
                 f"The template is {info.width}x{info.height}; templates are at most 1080p."
             )
-        if kind == GIF and not (
-            self.settings.gif_template_min_seconds
-            <= info.duration_seconds
-            <= self.settings.gif_template_max_seconds
-        ):
+        shortest, longest = {
+            GIF: (self.settings.gif_template_min_seconds, self.settings.gif_template_max_seconds),
+            VIDEO: (
+                self.settings.video_template_min_seconds,
+                self.settings.video_template_max_seconds,
+            ),
+        }[kind]
+        if not shortest <= info.duration_seconds <= longest:
             raise errors.InvalidInput(
-                f"The GIF lasts {info.duration_seconds:.1f} s; GIF templates last "
-                f"{self.settings.gif_template_min_seconds:g} to "
-                f"{self.settings.gif_template_max_seconds:g} s."
-            )
-        if kind == VIDEO and not (
-            self.settings.video_template_min_seconds
-            <= info.duration_seconds
-            <= self.settings.video_template_max_seconds
-        ):
-            raise errors.InvalidInput(
-                f"The video lasts {info.duration_seconds:.1f} s; video templates last "
-                f"{self.settings.video_template_min_seconds:g} to "
-                f"{self.settings.video_template_max_seconds:g} s."
+                f"The {KIND_TITLES[kind]} lasts {info.duration_seconds:.1f} s; "
+                f"{KIND_TITLES[kind]} templates last {shortest:g} to {longest:g} s."
             )
         return kind
 
     def _check_has_face(self, path: Path) -> None:
-        info = media.probe(path)
+        info = video.probe(path)
         step = max(1, info.frame_count // FACE_CHECK_SAMPLES)
         analyzer = faces.default_analyzer()
-        for index, frame in enumerate(media.iter_frames(path)):
+        for index, frame in enumerate(video.iter_frames(path)):
             if index % step == 0 and analyzer.primary_face(frame) is not None:
                 return
         raise errors.FailedPrecondition(
@@ -204,7 +201,7 @@ class TemplateLibrary:
         display_name: str,
         kind: str,
         key: str,
-        info: media.MediaInfo,
+        info: video.MediaInfo,
         builtin: bool,
     ) -> TemplateRecord:
         return TemplateRecord(

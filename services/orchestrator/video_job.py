@@ -1,43 +1,37 @@
 """The MP4 track: face photo + voice recording + MP4 template -> a lip-synced MP4 result.
 
-photo -> identity (at create time) -> voice recording -> vocals -> audio features ->
+photo -> identity (at admission) -> stored recording -> vocals -> audio features ->
 template frames -> swapped frames -> lip-synced frames -> H.264 + AAC -> result.
-Voice extraction must finish before lip sync starts (the features need the whole voice); then
-decoding, face swap, lip sync and encoding all run at once on different frames.
+The voice service reads the recording from the store itself; its vocals stream back as PCM
+into a local WAV file, which feeds the lipsync features and the MP4's sound. Voice extraction
+must finish before lip sync starts (the features need the whole voice); then decoding, face
+swap, lip sync and encoding all run at once on different frames.
 
 The result is as long as the template. A shorter voice is followed by silence (the mouth
 rests); a longer one is cut at the template's end.
 """
 
 import tempfile
+import wave
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from remind.v1 import faceswap_pb2, lipsync_pb2
+from remind.v1 import faceswap_pb2, media_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 
-from services.orchestrator.frame_pipeline import (
-    DeliveredFrame,
-    FramePipeline,
-    RetryPolicy,
-    template_frames,
-)
+from services.orchestrator.frame_pipeline import FramePipeline, render, store_result
+from services.orchestrator.job_types import AdmittedJob, JobServices
 from services.orchestrator.jobs import JobContext
-from services.orchestrator.media_library import MediaLibrary, MediaRecord
-from services.orchestrator.model_clients import (
-    FaceSwapClient,
-    LipSyncClient,
-    VoiceClient,
-    pcm_to_wav,
-)
-from services.orchestrator.template_library import TemplateLibrary, TemplateRecord
-from services.shared import errors, media, watermark
+from services.orchestrator.media_library import MediaRecord
+from services.orchestrator.template_library import VIDEO, TemplateRecord
+from services.shared import errors, video, wire
 
 # Share of the progress bar each stage ends at.
 PREPARED, VOICE_EXTRACTED, FRAMES_DONE, ENCODED = 0.03, 0.2, 0.95, 0.97
 SYNTHETIC_MEDIA_TAG = "synthetic media: face and voice made by Re:Mind"
-# The voice service's stems: PCM s16le, 44.1 kHz stereo (voice.proto, StemChunk).
-VOCALS_RATE, VOCALS_FRAME_BYTES = 44100, 4
+# Vocals go to the lipsync service in chunks well under gRPC's message limit.
+AUDIO_CHUNK_FRAMES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,66 +43,80 @@ class VideoJobInput:
     lipsync_engine: str
 
 
-class VideoJobRunner:
-    def __init__(
-        self,
-        media_library: MediaLibrary,
-        templates: TemplateLibrary,
-        faceswap: FaceSwapClient,
-        lipsync: LipSyncClient,
-        voice: VoiceClient,
-        retry: RetryPolicy,
-        max_voice_bytes: int,
-    ) -> None:
-        self.media_library = media_library
-        self.templates = templates
-        self.faceswap = faceswap
-        self.lipsync = lipsync
-        self.voice = voice
-        self.retry = retry
-        self.max_voice_bytes = max_voice_bytes
+class VideoJob:
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
+
+    def admit(self, tenant: str, request: jobs_pb2.CreateVideoJobRequest) -> AdmittedJob:
+        services = self.services
+        wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
+        wire.require(bool(request.voice_media), "voice_media is required: upload a recording.")
+        wire.require(bool(request.template), "template is required, e.g. templates/astronaut-talk.")
+        template = services.templates.get(tenant, request.template, kind=VIDEO)
+        voice = services.media.get(tenant, request.voice_media)
+        # These checks refuse a bad engine, recording or photo before any work is queued.
+        services.voice.check_engine(request.voice_engine)
+        services.lipsync.check_engine(request.lipsync_engine)
+        services.voice.probe_audio(voice.storage_object())
+        identity = services.prepare_identity(tenant, request.face_media, request.faceswap_engine)
+        job = jobs_pb2.Job(
+            kind=jobs_pb2.JOB_KIND_VIDEO,
+            face_media=request.face_media,
+            voice_media=request.voice_media,
+            template=template.name,
+        )
+        job_input = VideoJobInput(
+            identity, voice, template, request.voice_engine, request.lipsync_engine
+        )
+        return AdmittedJob(job, lambda context: self.run(context, job_input))
 
     def run(self, context: JobContext, job_input: VideoJobInput) -> jobs_pb2.JobResult:
+        services = self.services
         with tempfile.TemporaryDirectory(prefix="remind-video-") as work:
             context.report(jobs_pb2.JOB_STAGE_PREPARING, 0.0)
             template_path = Path(work) / "template.mp4"
-            self.templates.download(job_input.template, template_path)
-            info = media.probe(template_path)
+            services.templates.download(job_input.template, template_path)
+            info = video.probe(template_path)
 
-            vocals_wav = Path(work) / "vocals.wav"
-            vocals, voice_engine = self._extract_voice(context, job_input, info.duration_seconds)
-            vocals_wav.write_bytes(vocals)
-            features = self.lipsync.prepare_audio(vocals_wav.read_bytes(), job_input.lipsync_engine)
-
+            vocals = VocalsFile(Path(work) / "vocals.wav", info.duration_seconds)
+            voice_engine = self._extract_voice(context, job_input, vocals)
+            features = services.lipsync.prepare_audio(
+                vocals.pcm_chunks(), vocals.audio_format(), job_input.lipsync_engine
+            )
+            identity, fps = job_input.identity, info.fps
+            pipeline = FramePipeline(
+                {
+                    "faceswap": lambda frames: services.faceswap.swap_faces(identity, frames),
+                    "lipsync": lambda frames: services.lipsync.sync_lips(features, fps, frames),
+                },
+                services.retry,
+            )
             result_path = Path(work) / "result.mp4"
-            facts = self._render(
-                context, job_input, features, template_path, info, vocals_wav, result_path
+            with video.Mp4Encoder(
+                result_path, info.width, info.height, info.fps, vocals.path, SYNTHETIC_MEDIA_TAG
+            ) as encoder:
+                rendered = render(
+                    context,
+                    template_path,
+                    info,
+                    pipeline,
+                    encoder,
+                    jobs_pb2.JOB_STAGE_SYNCING_LIPS,
+                    (VOICE_EXTRACTED, FRAMES_DONE),
+                )
+                context.report(
+                    jobs_pb2.JOB_STAGE_ENCODING, FRAMES_DONE, rendered.frames, rendered.frames
+                )
+            rendered.engines["voice"] = voice_engine
+            return store_result(
+                context, services.media, result_path, "video/mp4", rendered, ENCODED
             )
-            facts["voice"] = voice_engine
-            context.report(jobs_pb2.JOB_STAGE_STORING, ENCODED, facts["frames"], facts["frames"])
-            result = self.media_library.add_result(
-                context.tenant, context.job_id, result_path, "video/mp4"
-            )
-        return jobs_pb2.JobResult(
-            media=result.name,
-            content_type=result.content_type,
-            size_bytes=result.size_bytes,
-            engines={
-                "faceswap": facts["faceswap"],
-                "lipsync": facts["lipsync"],
-                "voice": facts["voice"],
-            },
-            frames_total=facts["frames"],
-            frames_with_face=facts["frames_with_face"],
-        )
 
     def _extract_voice(
-        self, context: JobContext, job_input: VideoJobInput, template_seconds: float
-    ) -> tuple[bytes, str]:
-        """The vocals, cut at the template's end, as a WAV file's bytes, and the engine that
-        separated them."""
+        self, context: JobContext, job_input: VideoJobInput, vocals: "VocalsFile"
+    ) -> str:
+        """Fills `vocals` from the recording; returns the engine that separated them."""
         context.report(jobs_pb2.JOB_STAGE_EXTRACTING_VOICE, PREPARED)
-        recording = self.media_library.read_bytes(job_input.voice, self.max_voice_bytes)
 
         def progress(fraction: float) -> None:
             context.report(
@@ -116,54 +124,62 @@ class VideoJobRunner:
                 PREPARED + (VOICE_EXTRACTED - PREPARED) * fraction,
             )
 
-        vocals, summary = self.voice.extract_voice(recording, job_input.voice_engine, progress)
+        with vocals:
+            summary = self.services.voice.extract_voice(
+                job_input.voice.storage_object(), job_input.voice_engine, vocals.add, progress
+            )
         if not summary.voice_found:
             raise errors.FailedPrecondition(
                 "No speech was found in the voice recording; record a few sentences and try again."
             )
-        # Voice past the template's end is never heard; cutting it here also keeps a long
-        # recording within what the lipsync service accepts.
-        kept_bytes = int(template_seconds * VOCALS_RATE) * VOCALS_FRAME_BYTES
-        return pcm_to_wav(vocals[:kept_bytes], VOCALS_RATE), summary.engine
+        return summary.engine
 
-    def _render(
-        self,
-        context: JobContext,
-        job_input: VideoJobInput,
-        features: lipsync_pb2.AudioFeatures,
-        template_path: Path,
-        info: media.MediaInfo,
-        vocals_wav: Path,
-        result_path: Path,
-    ) -> dict:
-        total = info.frame_count
-        facts = {"frames": 0, "frames_with_face": 0, "faceswap": "", "lipsync": ""}
-        pipeline = FramePipeline(
-            {
-                "faceswap": lambda frames: self.faceswap.swap_faces(job_input.identity, frames),
-                "lipsync": lambda frames: self.lipsync.sync_lips(features, info.fps, frames),
-            },
-            self.retry,
-        )
-        context.report(jobs_pb2.JOB_STAGE_SYNCING_LIPS, VOICE_EXTRACTED, 0, total)
-        with media.Mp4Encoder(
-            result_path, info.width, info.height, info.fps, vocals_wav, SYNTHETIC_MEDIA_TAG
-        ) as video:
 
-            def deliver(frame: DeliveredFrame) -> None:
-                swapped, synced = frame.responses["faceswap"], frame.responses["lipsync"]
-                image = media.decode_image(frame.image, info.width * info.height)
-                video.write(watermark.embed(image))
-                facts["frames_with_face"] += swapped.face_found
-                facts["faceswap"], facts["lipsync"] = swapped.engine, synced.engine
-                done = frame.index + 1
-                fraction = VOICE_EXTRACTED + (FRAMES_DONE - VOICE_EXTRACTED) * done / max(
-                    total, done
-                )
-                context.report(jobs_pb2.JOB_STAGE_SYNCING_LIPS, fraction, done, max(total, done))
+class VocalsFile:
+    """The vocals stem as it streams in, written to a WAV file and cut at the template's end:
+    voice past it is never heard, and cutting keeps the lipsync input within its limits."""
 
-            facts["frames"] = pipeline.run(template_frames(template_path), deliver)
-            context.report(
-                jobs_pb2.JOB_STAGE_ENCODING, FRAMES_DONE, facts["frames"], facts["frames"]
-            )
-        return facts
+    def __init__(self, path: Path, max_seconds: float) -> None:
+        self.path = path
+        self.max_seconds = max_seconds
+        self._wav: wave.Wave_write | None = None
+        self._format: media_pb2.AudioFormat | None = None
+        self._frames_left = 0
+
+    def __enter__(self) -> "VocalsFile":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._wav is not None:
+            self._wav.close()  # writes the final sizes into the header
+
+    def add(self, pcm: bytes, audio_format: media_pb2.AudioFormat) -> None:
+        wav = self._wav or self._open(audio_format)
+        frame_bytes = 2 * audio_format.channels
+        kept = pcm[: self._frames_left * frame_bytes]
+        self._frames_left -= len(kept) // frame_bytes
+        if kept:
+            wav.writeframes(kept)
+
+    def _open(self, audio_format: media_pb2.AudioFormat) -> wave.Wave_write:
+        if audio_format.encoding != media_pb2.AUDIO_ENCODING_PCM_S16LE or not (
+            audio_format.sample_rate_hz and audio_format.channels
+        ):
+            raise errors.RemindError("The voice service sent vocals in an undeclared format.")
+        self._format = audio_format
+        self._frames_left = int(self.max_seconds * audio_format.sample_rate_hz)
+        self._wav = wave.open(str(self.path), "wb")
+        self._wav.setnchannels(audio_format.channels)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(audio_format.sample_rate_hz)
+        return self._wav
+
+    def audio_format(self) -> media_pb2.AudioFormat:
+        if self._format is None:
+            raise errors.FailedPrecondition("The voice service returned no vocals.")
+        return self._format
+
+    def pcm_chunks(self) -> Iterator[bytes]:
+        with wave.open(str(self.path), "rb") as wav:
+            while chunk := wav.readframes(AUDIO_CHUNK_FRAMES):
+                yield chunk

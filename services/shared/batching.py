@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
+from services.shared.settings import FrameServerSettings
+
 log = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
@@ -47,6 +49,16 @@ class Batcher(Generic[ItemT, ResultT]):
         self.batch_sizes: list[int] = []  # the size of every batch run; read by benchmarks
         self._worker = threading.Thread(target=self._work, name=name, daemon=True)
         self._worker.start()
+
+    @classmethod
+    def for_frames(
+        cls,
+        run_batch: Callable[[Sequence[ItemT]], Sequence[ResultT]],
+        settings: FrameServerSettings,
+        name: str,
+    ) -> Batcher[ItemT, ResultT]:
+        """A batcher sized by a frame service's settings (REMIND_*_BATCH_MAX_*)."""
+        return cls(run_batch, settings.batch_max_size, settings.batch_max_wait_ms / 1000.0, name)
 
     def submit(self, item: ItemT) -> Future[ResultT]:
         future: Future[ResultT] = Future()

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from services.shared import errors
+from services.shared.engines import Engine
 from services.shared.observability import ENGINE_READY
 
 log = logging.getLogger(__name__)
 
-EngineT = TypeVar("EngineT")
+EngineT = TypeVar("EngineT", bound=Engine)
 AUTO = "auto"
 
 
@@ -54,13 +55,13 @@ class EngineCatalog(Generic[EngineT]):
             )
         try:
             engine = self._factories[name]()
-            engine.load()  # type: ignore[attr-defined]
+            engine.load()
         except Exception as error:  # noqa: BLE001 - an engine that cannot load is reported, not fatal
             log.warning("engine %s is not ready: %s", name, error)
             self._status[name] = EngineStatus(name, False, str(error), "-")
             return
         self._engines[name] = engine
-        device = str(getattr(engine, "device", "cpu"))
+        device = engine.device
         self._status[name] = EngineStatus(name, True, "", device)
         ENGINE_READY.labels(name, device).set(1)
         log.info("engine %s ready on %s", name, device)
@@ -97,5 +98,5 @@ class EngineCatalog(Generic[EngineT]):
 
     def close(self) -> None:
         for engine in self._engines.values():
-            engine.close()  # type: ignore[attr-defined]
+            engine.close()
         self._engines.clear()

@@ -21,6 +21,22 @@ from services.shared.errors import EngineNotReady, InvalidInput
 SHAPE_PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 FACE_RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
+# Named landmarks of the iBUG 68-point scheme dlib's shape predictor follows (the subject's
+# right eye and brow are on the image's left).
+LANDMARK_COUNT = 68
+JAW = np.arange(0, 17)
+CHIN = 8
+RIGHT_BROW, LEFT_BROW = np.arange(17, 22), np.arange(22, 27)
+BROWS = np.arange(17, 27)
+NOSE_BRIDGE, NOSE_TIP = 27, 30
+RIGHT_EYE, LEFT_EYE = np.arange(36, 42), np.arange(42, 48)
+OUTER_LIPS = np.arange(48, 60)
+MOUTH_LEFT, MOUTH_RIGHT = 48, 54  # the outer lips' corners
+UPPER_OUTER_LIPS, LOWER_OUTER_LIPS = np.arange(49, 54), np.arange(55, 60)  # corners excluded
+INNER_LIPS = np.arange(60, 68)
+INNER_LEFT, INNER_RIGHT = 60, 64  # the inner lips' corners
+UPPER_INNER_LIPS, LOWER_INNER_LIPS = np.arange(61, 64), np.arange(65, 68)
+
 # dlib's documented threshold for its ResNet embedding (99.38% on LFW): below it, same person.
 SAME_PERSON_DISTANCE = 0.6
 
@@ -37,6 +53,13 @@ def default_models_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise EngineNotReady("The face models are missing: install face_recognition_models.")
     return Path(spec.submodule_search_locations[0]) / "models"
+
+
+@dataclass(frozen=True)
+class _DlibModels:
+    detector: dlib.fhog_object_detector
+    shape_predictor: dlib.shape_predictor
+    face_encoder: dlib.face_recognition_model_v1
 
 
 class FaceAnalyzer:
@@ -59,9 +82,7 @@ class FaceAnalyzer:
         # Images this small are searched upsampled once so that faces of ~40 px are found.
         self.upsample_below_side = upsample_below_side
         self._lock = threading.Lock()
-        self._detector: dlib.fhog_object_detector | None = None
-        self._shape_predictor: dlib.shape_predictor | None = None
-        self._face_encoder: dlib.face_recognition_model_v1 | None = None
+        self._models: _DlibModels | None = None
 
     def load(self) -> None:
         """Load the models now rather than on first use; raise EngineNotReady if missing."""
@@ -80,15 +101,15 @@ class FaceAnalyzer:
         upsample = 1 if max(search_image.shape[:2]) < self.upsample_below_side else 0
 
         with self._lock:
-            self._load_locked()
-            rects, scores, _ = self._detector.run(search_image, upsample, 0.0)
+            models = self._load_locked()
+            rects, scores, _ = models.detector.run(search_image, upsample, 0.0)
             if not rects and upsample == 0:
                 # dlib's HOG window is 80x80 px: look again, upsampled, for smaller faces.
-                rects, scores, _ = self._detector.run(search_image, 1, 0.0)
+                rects, scores, _ = models.detector.run(search_image, 1, 0.0)
             faces = []
             for rect, score in zip(rects, scores, strict=True):
                 full_rect = _scaled_rect(rect, 1.0 / scale)
-                shape = self._shape_predictor(image, full_rect)
+                shape = models.shape_predictor(image, full_rect)
                 landmarks = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
                 box = _clipped_box(full_rect, width, height)
                 faces.append(DetectedFace(box=box, score=float(score), landmarks=landmarks))
@@ -109,13 +130,12 @@ class FaceAnalyzer:
         points = [dlib.point(int(round(px)), int(round(py))) for px, py in face.landmarks]
         shape = dlib.full_object_detection(rect, points)
         with self._lock:
-            self._load_locked()
-            descriptor = self._face_encoder.compute_face_descriptor(image, shape)
+            descriptor = self._load_locked().face_encoder.compute_face_descriptor(image, shape)
         return np.asarray(descriptor, dtype=np.float64)
 
-    def _load_locked(self) -> None:
-        if self._face_encoder is not None:
-            return
+    def _load_locked(self) -> _DlibModels:
+        if self._models is not None:
+            return self._models
         models_dir = self.models_dir or default_models_dir()
         shape_file = models_dir / SHAPE_PREDICTOR_FILE
         encoder_file = models_dir / FACE_RECOGNITION_FILE
@@ -123,15 +143,15 @@ class FaceAnalyzer:
             if not required.is_file():
                 raise EngineNotReady(f"Face model file missing: {required}.")
         try:
-            detector = dlib.get_frontal_face_detector()
-            shape_predictor = dlib.shape_predictor(str(shape_file))
-            face_encoder = dlib.face_recognition_model_v1(str(encoder_file))
+            self._models = _DlibModels(
+                dlib.get_frontal_face_detector(),
+                dlib.shape_predictor(str(shape_file)),
+                dlib.face_recognition_model_v1(str(encoder_file)),
+            )
         except RuntimeError as error:
             message = f"Face models in {models_dir} cannot be loaded: {error}"
             raise EngineNotReady(message) from error
-        self._detector = detector
-        self._shape_predictor = shape_predictor
-        self._face_encoder = face_encoder
+        return self._models
 
 
 def identity_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -8,8 +8,8 @@ INTERNAL with a short reference, so callers never see a stack trace.
 import datetime
 import logging
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 from google.protobuf import any_pb2
@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.shared import errors
-from services.shared.handlers import wrap_handler
+from services.shared.handlers import Continuation, status_code, within
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _with_retry_info(error: errors.RemindError) -> grpc.Status:
 
 
 def _abort(context: grpc.ServicerContext, error: Exception) -> None:
-    if context.code() is not None:  # the handler already aborted with its own status
+    if status_code(context) is not None:  # the handler already aborted with its own status
         raise error
     if isinstance(error, grpc.RpcError):
         # The request stream itself broke: the client cancelled or went away mid-stream.
@@ -81,26 +81,16 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     context.abort(grpc.StatusCode.INTERNAL, f"Internal error (reference {reference}).")
 
 
-def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return behavior(request, context)
-        except Exception as error:  # noqa: BLE001 - every error gets a status
-            _abort(context, error)
-
-    return guarded
-
-
-def _guard_stream(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from behavior(request, context)
-        except Exception as error:  # noqa: BLE001
-            _abort(context, error)
-
-    return guarded
+@contextmanager
+def _statuses(context: grpc.ServicerContext) -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - every error gets a status
+        _abort(context, error)
 
 
 class StatusInterceptor(grpc.ServerInterceptor):
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        return wrap_handler(continuation(handler_call_details), _guard_unary, _guard_stream)
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        return within(continuation(handler_call_details), _statuses)

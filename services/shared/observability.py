@@ -4,13 +4,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from services.shared.handlers import wrap_handler
+from services.shared.handlers import Continuation, status_code, within
 from services.shared.tracing import current_trace_id
 
 RPCS = Counter("remind_rpcs_total", "RPCs handled", ["service", "method", "code"])
@@ -85,33 +85,19 @@ def _split_method(full_method: str) -> tuple[str, str]:
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Counts RPCs by final status code and times them, streams included."""
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = continuation(handler_call_details)
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         service, method = _split_method(handler_call_details.method)
 
-        def record(context: grpc.ServicerContext, started: float) -> None:
-            code = context.code() or grpc.StatusCode.OK
-            RPCS.labels(service, method, code.name).inc()
-            RPC_SECONDS.labels(service, method).observe(time.monotonic() - started)
+        @contextmanager
+        def measured(context: grpc.ServicerContext) -> Iterator[None]:
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                code = status_code(context) or grpc.StatusCode.OK
+                RPCS.labels(service, method, code.name).inc()
+                RPC_SECONDS.labels(service, method).observe(time.monotonic() - started)
 
-        def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def timed(request: Any, context: grpc.ServicerContext) -> Any:
-                started = time.monotonic()
-                try:
-                    return behavior(request, context)
-                finally:
-                    record(context, started)
-
-            return timed
-
-        def stream(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-            def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                started = time.monotonic()
-                try:
-                    yield from behavior(request, context)
-                finally:
-                    record(context, started)
-
-            return timed
-
-        return wrap_handler(handler, unary, stream)
+        return within(continuation(handler_call_details), measured)

@@ -1,15 +1,19 @@
 """Server bootstrap shared by every service: health, reflection, metrics, status mapping,
 message limits and graceful shutdown on SIGTERM/SIGINT."""
 
+from __future__ import annotations
+
 import logging
 import signal
 import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from types import ModuleType
+from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -17,6 +21,7 @@ from services.shared.engine_catalog import EngineCatalog
 from services.shared.grpc_status import StatusInterceptor
 from services.shared.observability import (
     MetricsInterceptor,
+    configure_logging,
     start_metrics_endpoint,
     watch_gpu_memory,
 )
@@ -24,6 +29,8 @@ from services.shared.settings import ModelServerSettings, ServerSettings
 from services.shared.tracing import TraceInterceptor
 
 log = logging.getLogger(__name__)
+
+SettingsT = TypeVar("SettingsT", bound=ModelServerSettings)
 
 
 def message_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -71,12 +78,26 @@ class RunningServer:
         self.server.wait_for_termination()
 
 
+@dataclass(frozen=True)
+class GrpcService:
+    """A service of the generated code: how a servicer joins a server, and its full name."""
+
+    add_servicer: Callable[[Any, grpc.Server], None]
+    full_name: str
+
+    @classmethod
+    def of(cls, pb2_grpc: ModuleType, pb2: ModuleType, name: str) -> GrpcService:
+        """`name` ("FaceSwapService") as grpcio-tools generates it into the two modules."""
+        add_servicer = getattr(pb2_grpc, f"add_{name}Servicer_to_server")
+        return cls(add_servicer, pb2.DESCRIPTOR.services_by_name[name].full_name)
+
+
 def start_server(
     settings: ServerSettings,
-    add_servicers: Callable[[grpc.Server], Iterable[str]],
+    servicers: Iterable[tuple[Any, GrpcService]],
     interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> RunningServer:
-    """Starts a server; `add_servicers` registers the servicers and returns their full names."""
+    """Starts a server with its servicers, each paired with the generated service it serves."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
         # Outermost first: metrics see the final status, which StatusInterceptor sets for any
@@ -85,7 +106,10 @@ def start_server(
         options=message_options(settings.max_message_bytes),
         maximum_concurrent_rpcs=settings.max_workers * 4,
     )
-    service_names = list(add_servicers(server))
+    service_names = []
+    for servicer, service in servicers:
+        service.add_servicer(servicer, server)
+        service_names.append(service.full_name)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -108,27 +132,38 @@ def start_model_server(
     settings: ModelServerSettings,
     factories: dict[str, Callable[[], Any]],
     make_servicer: Callable[[EngineCatalog], Any],
-    add_servicer: Callable[[Any, grpc.Server], None],
-    service: ServiceDescriptor,
+    service: GrpcService,
 ) -> RunningServer:
     """Starts a model service: its engines loaded once (best first, as `factories` lists them),
     its servicer, and everything `start_server` adds; the engines are released on stop."""
     engines = EngineCatalog(factories, tuple(factories), settings.enabled_engines())
     engines.load_all()
-    servicer = make_servicer(engines)
-
-    def add_servicers(server: grpc.Server) -> list[str]:
-        add_servicer(servicer, server)
-        return [service.full_name]
-
-    running = start_server(settings, add_servicers)
+    running = start_server(settings, [(make_servicer(engines), service)])
     running.on_stop.append(engines.close)
     watch_gpu_memory()
     return running
 
 
-def serve_until_signalled(running: RunningServer) -> None:
-    """Blocks until SIGTERM or SIGINT, then shuts down gracefully."""
+def model_server(
+    service: GrpcService,
+    engine_factories: Callable[[SettingsT], dict[str, Callable[[], Any]]],
+    servicer_type: Callable[..., Any],
+) -> Callable[[SettingsT], RunningServer]:
+    """The `start(settings)` of a model service whose servicer is built as
+    `servicer_type(engines, settings=settings)`."""
+
+    def start(settings: SettingsT) -> RunningServer:
+        servicer = partial(servicer_type, settings=settings)
+        return start_model_server(settings, engine_factories(settings), servicer, service)
+
+    return start
+
+
+def serve(name: str, start: Callable[[], RunningServer]) -> None:
+    """A service's main: JSON logs named `name`, the server started, then serving until
+    SIGTERM or SIGINT, when it shuts down gracefully."""
+    configure_logging(name)
+    running = start()
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -6,7 +6,10 @@ A settings class is a frozen dataclass whose field defaults are the documented d
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, TypeVar
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 SettingsT = TypeVar("SettingsT")
 
@@ -68,10 +71,34 @@ class ServerSettings:
 
 @dataclasses.dataclass(frozen=True)
 class ModelServerSettings(ServerSettings):
-    """What every model service adds: which of its engines to load."""
+    """What every model service adds: its engines, their weights and threads, idle streams."""
 
     # Comma-separated engines to load at start; empty loads every known engine.
     engines: str = ""
+    # Neural engine weights (see README); empty: models/ at the repository root.
+    models_dir: str = ""
+    # CPU threads of the engines' runtime (torch, onnxruntime); 0 uses every core.
+    cpu_threads: int = 0
+    # A stream that sends nothing for this long (its config included) is ended.
+    request_idle_timeout_seconds: float = 30.0
 
     def enabled_engines(self) -> list[str]:
         return [name.strip() for name in self.engines.split(",") if name.strip()]
+
+    def models_path(self) -> Path:
+        return Path(self.models_dir) if self.models_dir else REPOSITORY_ROOT / "models"
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameServerSettings(ModelServerSettings):
+    """What the frame services (faceswap, lipsync) add: frame limits and batching."""
+
+    # Template frames are at most 1080p.
+    max_frame_pixels: int = 1920 * 1080
+    # Frames of one stream read and submitted ahead of the one being returned, so that
+    # batching engines can fill a batch; also bounds the memory one stream can hold.
+    frames_in_flight: int = 8
+    # Frames of all streams share forward passes: at most this many per pass, and the first
+    # frame waits at most this long for others to join it.
+    batch_max_size: int = 8
+    batch_max_wait_ms: float = 10.0

@@ -7,11 +7,11 @@ so every log line of every service that worked on a job can be found by the job'
 import contextvars
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
 
 import grpc
 
-from services.shared.handlers import StreamBehavior, UnaryBehavior, wrap_handler
+from services.shared.handlers import Continuation, within
 
 TRACE_HEADER = "x-remind-trace-id"
 _trace_id: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
@@ -33,31 +33,22 @@ def trace_metadata() -> list[tuple[str, str]]:
 
 def _incoming_trace_id(context: grpc.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == TRACE_HEADER and 0 < len(value) <= 64:
+        if key == TRACE_HEADER and isinstance(value, str) and 0 < len(value) <= 64:
             return value
     return uuid.uuid4().hex
 
 
 class TraceInterceptor(grpc.ServerInterceptor):
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-            def traced(request: Any, context: grpc.ServicerContext) -> Any:
-                token = _trace_id.set(_incoming_trace_id(context))
-                try:
-                    return behavior(request, context)
-                finally:
-                    _trace_id.reset(token)
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        return within(continuation(handler_call_details), _traced)
 
-            return traced
 
-        def stream(behavior: StreamBehavior) -> StreamBehavior:
-            def traced(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                token = _trace_id.set(_incoming_trace_id(context))
-                try:
-                    yield from behavior(request, context)
-                finally:
-                    _trace_id.reset(token)
-
-            return traced
-
-        return wrap_handler(continuation(handler_call_details), unary, stream)
+@contextmanager
+def _traced(context: grpc.ServicerContext) -> Iterator[None]:
+    token = _trace_id.set(_incoming_trace_id(context))
+    try:
+        yield
+    finally:
+        _trace_id.reset(token)

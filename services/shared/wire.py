@@ -1,18 +1,26 @@
 """Conversions between protobuf media messages and plain Python values, used by every service."""
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from remind.v1 import media_pb2
 
-from services.shared import errors, media
-from services.shared.engine_catalog import EngineStatus
+from services.shared import errors, images
+from services.shared.engine_catalog import EngineCatalog, EngineStatus
+from services.shared.engines import Box, Engine, FrameResult, FrameStream
+from services.shared.observability import FRAMES
+from services.shared.settings import FrameServerSettings
+from services.shared.streams import read_ahead, with_idle_timeout
 
-Box = tuple[int, int, int, int]
+log = logging.getLogger(__name__)
 
-FORMAT_NAMES = {
+ResponseT = TypeVar("ResponseT")
+
+FORMAT_NAMES: dict[int, str] = {
     media_pb2.IMAGE_FORMAT_PNG: "png",
     media_pb2.IMAGE_FORMAT_JPEG: "jpeg",
 }
@@ -34,10 +42,10 @@ def image_format_name(image_format: int) -> str:
     return FORMAT_NAMES.get(image_format, "png")
 
 
-def encode(image, image_format: int) -> media_pb2.EncodedImage:  # type: ignore[no-untyped-def]
+def encode(image: np.ndarray, image_format: int) -> media_pb2.EncodedImage:
     name = image_format_name(image_format)
     return media_pb2.EncodedImage(
-        data=media.encode_image(image, name),
+        data=images.encode_image(image, name),
         format=media_pb2.IMAGE_FORMAT_JPEG if name == "jpeg" else media_pb2.IMAGE_FORMAT_PNG,
     )
 
@@ -45,6 +53,19 @@ def encode(image, image_format: int) -> media_pb2.EncodedImage:  # type: ignore[
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise errors.InvalidInput(message)
+
+
+def opened_stream(
+    requests: Iterator[Any], idle_timeout: float, rpc: str, what_follows: str
+) -> tuple[Any, Iterator[Any]]:
+    """A request stream's config, which must come first, and the messages after it.
+
+    A stream that stalls for `idle_timeout` seconds, before or after its config, ends with
+    InvalidInput: it would otherwise hold a server thread until the client's deadline.
+    """
+    guarded = with_idle_timeout(requests, idle_timeout, rpc)
+    message = f"The first {rpc} message must be the config; {what_follows} follow it."
+    return first_message(guarded, "config", message), guarded
 
 
 def first_message(requests: Iterator[Any], field: str, message: str) -> Any:
@@ -55,17 +76,55 @@ def first_message(requests: Iterator[Any], field: str, message: str) -> Any:
     return getattr(first, field)
 
 
-def submitted_frames(
-    requests: Iterator[Any],
-    submit: Callable[[np.ndarray], Future],
-    max_frame_pixels: int,
-    rpc: str,
-) -> Iterator[tuple[int, Future]]:
-    """Decodes each frame request that follows a stream's config and hands it to `submit`."""
-    for request in requests:
-        require(request.HasField("frame"), f"Only frames may follow the config in {rpc}.")
-        frame = media.decode_image(request.frame.image.data, max_frame_pixels)
-        yield request.frame.index, submit(frame)
+@dataclass(frozen=True)
+class FrameRpc:
+    """A frame stream RPC of a model service: config first, then frames, one response each."""
+
+    service: str  # for the frames metric: "faceswap"
+    name: str  # "SwapFaces"
+    response_type: Callable[..., Any]  # its response message
+    box_field: str  # the response field that carries the result's box
+
+
+def serve_frames(
+    rpc: FrameRpc,
+    request_iterator: Iterator[Any],
+    settings: FrameServerSettings,
+    start: Callable[[Any], tuple[Engine, FrameStream]],
+) -> Iterator[Any]:
+    """A frame stream RPC: the config first, `start(config)` picks the engine and starts its
+    stream, then one response per frame request, in order.
+
+    Frames are decoded and submitted as they arrive, up to `frames_in_flight` ahead of the
+    result being returned, so that batching engines can fill their batches.
+    """
+    config, requests = opened_stream(
+        request_iterator, settings.request_idle_timeout_seconds, rpc.name, "the frames"
+    )
+    engine, stream = start(config)
+
+    def submitted() -> Iterator[tuple[int, Future[FrameResult]]]:
+        for request in requests:
+            require(request.HasField("frame"), f"Only frames may follow the config in {rpc.name}.")
+            frame = images.decode_image(request.frame.image.data, settings.max_frame_pixels)
+            yield request.frame.index, stream.submit(frame)
+        stream.finish()
+
+    frames_done = FRAMES.labels(rpc.service, engine.name)
+    frames, with_face = 0, 0
+    for index, pending in read_ahead(submitted(), settings.frames_in_flight):
+        result = pending.result()
+        frames_done.inc()
+        frames += 1
+        with_face += result.face_found
+        yield rpc.response_type(
+            index=index,
+            image=encode(result.image, config.output_format),
+            face_found=result.face_found,
+            engine=engine.name,
+            **{rpc.box_field: box_to_proto(result.box)},
+        )
+    log.info("%s: %d frames with %s, %d with a face", rpc.name, frames, engine.name, with_face)
 
 
 def engine_infos(statuses: Iterable[EngineStatus]) -> list[media_pb2.EngineInfo]:
@@ -73,3 +132,10 @@ def engine_infos(statuses: Iterable[EngineStatus]) -> list[media_pb2.EngineInfo]
         media_pb2.EngineInfo(name=s.name, ready=s.ready, detail=s.detail, device=s.device)
         for s in statuses
     ]
+
+
+def engine_list(engines: EngineCatalog, response_type: Callable[..., ResponseT]) -> ResponseT:
+    """A List*Engines response: every engine's status and the one `auto` resolves to."""
+    return response_type(
+        engines=engine_infos(engines.statuses()), default_engine=engines.default_name()
+    )

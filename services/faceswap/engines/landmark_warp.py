@@ -12,27 +12,36 @@ third more per frame, while skin-matched colours under a wide feather leave no v
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from services.faceswap.engines.base import FaceIdentity, FaceSwapEngine, FrameSwapper, SwappedFrame
+from services.faceswap.engines.base import (
+    IDENTITY_STATE,
+    FaceIdentity,
+    FaceSwapEngine,
+)
+from services.shared.engine_state import check_owner, decode_state, encode_state
+from services.shared.engines import FrameResult, FrameStream
 from services.shared.errors import FailedPrecondition, InvalidInput
-from services.shared.faces import DetectedFace, FaceAnalyzer, default_analyzer
+from services.shared.face_blend import blend, match_colours
+from services.shared.face_geometry import signed_areas, umeyama_similarity, warp_triangles
+from services.shared.faces import (
+    BROWS,
+    INNER_LIPS,
+    JAW,
+    LANDMARK_COUNT,
+    LEFT_BROW,
+    LEFT_EYE,
+    OUTER_LIPS,
+    RIGHT_BROW,
+    RIGHT_EYE,
+    DetectedFace,
+    FaceAnalyzer,
+    default_analyzer,
+)
 
-# iBUG 68-point scheme, the one dlib's shape predictor follows.
-JAW = np.arange(0, 17)
-BROWS = np.arange(17, 27)
-RIGHT_BROW, LEFT_BROW = np.arange(17, 22), np.arange(22, 27)
-RIGHT_EYE, LEFT_EYE = np.arange(36, 42), np.arange(42, 48)
-OUTER_LIPS = np.arange(48, 60)
-INNER_LIPS = np.arange(60, 68)
-LANDMARK_COUNT = 68
-
-STATE_FORMAT_VERSION = 1
 # The stored crop: the face plus margin, no larger than needed for template faces (<= 480 px
 # frames), which keeps the identity small enough to travel with every request.
 CROP_MAX_SIDE = 256
@@ -110,44 +119,40 @@ class LandmarkWarpEngine(FaceSwapEngine):
         source = _crop_source_face(photo, face)
         return FaceIdentity(
             engine=self.name,
-            state=_encode_source_face(source),
+            state=encode_source_face(self.name, source),
             face_box=face.box,
             detection_score=face.score,
         )
 
-    def start_stream(self, identity: FaceIdentity) -> FrameSwapper:
-        if identity.engine != self.name:
-            raise InvalidInput(
-                f"The identity was prepared by engine '{identity.engine}', not '{self.name}': "
-                "prepare it again with this engine."
-            )
-        return LandmarkWarpSwapper(self.analyzer, _decode_source_face(identity.state))
+    def start_stream(self, identity: FaceIdentity) -> FrameStream:
+        check_owner(identity.engine, self.name, IDENTITY_STATE)
+        return LandmarkWarpSwapper(self.analyzer, decode_source_face(self.name, identity.state))
 
     def close(self) -> None:
         # The analyzer is shared by the whole process; it lives as long as the process does.
         pass
 
 
-class LandmarkWarpSwapper(FrameSwapper):
+class LandmarkWarpSwapper(FrameStream):
     def __init__(self, analyzer: FaceAnalyzer, source: SourceFace) -> None:
         self.analyzer = analyzer
         self.source_levels = _source_pyramid(source)
         self.triangles = _triangulate(_with_outer_ring(source.landmarks))
         self.smoother = LandmarkSmoother()
 
-    def swap(self, frame: np.ndarray) -> SwappedFrame:
+    def process(self, frame: np.ndarray) -> FrameResult:
         face = self.analyzer.primary_face(frame)
         if face is None:
             self.smoother.reset()
-            return SwappedFrame(image=frame, face_found=False, face_box=None)
+            return FrameResult.unchanged(frame)
         landmarks = self.smoother.update(face.landmarks)
         swapped = self._paste_face(frame, landmarks)
         if swapped is None:
-            return SwappedFrame(image=frame, face_found=False, face_box=None)
+            return FrameResult.unchanged(frame)
         # The box follows the smoothed landmarks, i.e. where the face was pasted; the
         # detector's own boxes move in steps of its scale pyramid.
         box = _region_of(landmarks, frame.shape)
-        return SwappedFrame(image=swapped, face_found=True, face_box=box)
+        return FrameResult(image=swapped, face_found=True, box=box)
 
     def _paste_face(self, frame: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
         if _face_size(landmarks) < MIN_FACE_SIDE:
@@ -171,17 +176,15 @@ class LandmarkWarpSwapper(FrameSwapper):
             warped = _warp_piecewise_affine(
                 source.image, source_points, target_points - origin, self.triangles, (height, width)
             )
-        except (cv2.error, np.linalg.LinAlgError):
+        except (cv2.error, np.linalg.LinAlgError, ValueError):
             # Degenerate geometry (a face folded to a line, points far outside the frame):
             # leave this frame alone rather than fail the whole stream.
             return None
         # Skin only where neither face has a feature: the statistics compare like with like.
         skin = _skin_region(frame_face, mask.shape) & _skin_region(pasted_face, mask.shape)
-        warped = _match_colours(warped, target_patch, (mask > 0.5) & skin)
-        blended = _blend(warped, target_patch, mask)
-
+        warped = match_colours(warped, target_patch, (mask > 0.5) & skin, STD_RATIO_RANGE)
         swapped = frame.copy()
-        swapped[y : y + height, x : x + width] = blended
+        swapped[y : y + height, x : x + width] = blend(warped, target_patch, mask)
         return swapped
 
     def _source_level_for(self, target_landmarks: np.ndarray) -> SourceFace:
@@ -248,40 +251,26 @@ def _crop_source_face(photo: np.ndarray, face: DetectedFace) -> SourceFace:
     return SourceFace(image=np.ascontiguousarray(crop), landmarks=landmarks.astype(np.float32))
 
 
-def _encode_source_face(source: SourceFace) -> bytes:
+def encode_source_face(engine: str, source: SourceFace) -> bytes:
     ok, png = cv2.imencode(".png", cv2.cvtColor(source.image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise InvalidInput("The face crop could not be encoded.")
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        format_version=np.array(STATE_FORMAT_VERSION, dtype=np.int32),
-        crop_png=png.reshape(-1),
-        landmarks=source.landmarks.astype(np.float32),
-    )
-    return buffer.getvalue()
+    arrays: dict[str, np.ndarray] = {
+        "crop_png": png.reshape(-1),
+        "landmarks": source.landmarks.astype(np.float32),
+    }
+    return encode_state(engine, arrays)
 
 
-def _decode_source_face(state: bytes) -> SourceFace:
-    corrupt = "The face identity state is corrupt: prepare the identity again."
-    try:
-        with np.load(io.BytesIO(state), allow_pickle=False) as archive:
-            version = int(archive["format_version"])
-            png = archive["crop_png"]
-            landmarks = archive["landmarks"]
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
-        raise InvalidInput(corrupt) from error
-    if version != STATE_FORMAT_VERSION:
-        raise InvalidInput(f"The face identity state has version {version}: prepare it again.")
-    if png.dtype != np.uint8 or png.ndim != 1:
-        raise InvalidInput(corrupt)
+def decode_source_face(engine: str, state: bytes) -> SourceFace:
+    arrays = decode_state(state, engine, ("crop_png", "landmarks"), IDENTITY_STATE)
+    png, landmarks = arrays["crop_png"], arrays["landmarks"]
+    if png.dtype != np.uint8 or png.ndim != 1 or landmarks.shape != (LANDMARK_COUNT, 2):
+        raise IDENTITY_STATE.corrupt()
     bgr = cv2.imdecode(png, cv2.IMREAD_COLOR)
     if bgr is None:
-        raise InvalidInput(corrupt)
-    if landmarks.shape != (LANDMARK_COUNT, 2) or not np.isfinite(landmarks).all():
-        raise InvalidInput(corrupt)
-    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return SourceFace(image=image, landmarks=landmarks.astype(np.float32))
+        raise IDENTITY_STATE.corrupt()
+    return SourceFace(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), landmarks.astype(np.float32))
 
 
 def _source_pyramid(source: SourceFace) -> list[SourceFace]:
@@ -308,7 +297,7 @@ def _with_photo_shape(frame_face: np.ndarray, photo_face: np.ndarray) -> np.ndar
     The photo's face is first fitted to the frame's on all 68 points, so its features keep
     their size and place relative to the whole face, outline included.
     """
-    fit = _similarity_transform(photo_face, frame_face)
+    fit = umeyama_similarity(photo_face, frame_face)
     aligned = photo_face @ fit[:, :2].T + fit[:, 2]
     return (frame_face + SHAPE_WEIGHTS[:, None] * (aligned - frame_face)).astype(np.float32)
 
@@ -327,7 +316,7 @@ def _triangulate(points: np.ndarray) -> np.ndarray:
     subdiv = cv2.Subdiv2D((int(low[0]), int(low[1]), int(high[0] - low[0]), int(high[1] - low[1])))
     subdiv.insert([(float(px), float(py)) for px, py in points])
     triangles = []
-    for corners in subdiv.getTriangleList().reshape(-1, 3, 2):
+    for corners in np.asarray(subdiv.getTriangleList()).reshape(-1, 3, 2):
         # Subdiv2D answers in coordinates; coinciding points (a closed mouth's inner lips)
         # resolve to one index, and the triangles they would have spanned have no area.
         distances = np.linalg.norm(points[None, :, :] - corners[:, None, :], axis=2)
@@ -371,9 +360,10 @@ def _face_mask(
 
     face_size = _face_size(frame_face)
     erosion = max(1, round(face_size * MASK_EROSION))
-    mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erosion + 1,) * 2))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erosion + 1,) * 2)
+    eroded = cv2.erode(mask, kernel)
     feather = max(1, round(face_size * MASK_FEATHER)) | 1
-    return cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (2 * feather + 1,) * 2, 0)
+    return cv2.GaussianBlur(eroded.astype(np.float32) / 255.0, (2 * feather + 1,) * 2, 0)
 
 
 def _skin_region(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -398,69 +388,16 @@ def _warp_piecewise_affine(
     shape: tuple[int, int],
 ) -> np.ndarray:
     """The source image resampled so each source triangle lands on its target triangle."""
-    height, width = shape
     # Pixels outside every usable triangle follow the best similarity transform of the face.
-    fallback = _similarity_transform(target_points, source_points)
-    affines = [fallback]
-    triangle_ids = np.zeros((height, width), dtype=np.int32)
+    fallback = umeyama_similarity(target_points, source_points)
     # Each triangle's area in the frame relative to the photo, after the overall scale: a
     # turned head folds triangles over (negative) or squeezes them to slivers (the temple
     # between eye corner, brow end and ear), and either would paint a whole region of the
     # photo, hair included, as a streak. Those pixels take the similarity fallback instead.
-    source_areas = _signed_areas(source_points[triangles])
-    target_areas = _signed_areas(target_points[triangles])
+    source_areas = signed_areas(source_points[triangles])
+    target_areas = signed_areas(target_points[triangles])
     overall_scale = float(np.linalg.det(fallback[:, :2]))
     relative_areas = target_areas * overall_scale / np.where(source_areas == 0, 1e-6, source_areas)
     usable = (relative_areas > MIN_TRIANGLE_AREA_RATIO) & (np.abs(target_areas) > 0.5)
-    for triangle in triangles[usable]:
-        target_triangle = target_points[triangle]
-        affines.append(cv2.getAffineTransform(target_triangle, source_points[triangle]))
-        corners = np.rint(target_triangle).astype(np.int32)
-        cv2.fillConvexPoly(triangle_ids, corners, len(affines) - 1)
-
-    per_pixel = np.asarray(affines, dtype=np.float32)[triangle_ids]
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    map_x = per_pixel[..., 0, 0] * xs + per_pixel[..., 0, 1] * ys + per_pixel[..., 0, 2]
-    map_y = per_pixel[..., 1, 0] * xs + per_pixel[..., 1, 1] * ys + per_pixel[..., 1, 2]
-    return cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-
-
-def _similarity_transform(from_points: np.ndarray, to_points: np.ndarray) -> np.ndarray:
-    """Least-squares rotation, uniform scale and shift (2x3) taking one point set to the other."""
-    count = len(from_points)
-    x, y = from_points[:, 0].astype(np.float64), from_points[:, 1].astype(np.float64)
-    ones, zeros = np.ones(count), np.zeros(count)
-    # Unknowns (a, b, tx, ty) of [[a, -b, tx], [b, a, ty]], one equation per coordinate.
-    x_rows = np.column_stack([x, -y, ones, zeros])
-    y_rows = np.column_stack([y, x, zeros, ones])
-    system = np.vstack([x_rows, y_rows])
-    targets = np.concatenate([to_points[:, 0], to_points[:, 1]]).astype(np.float64)
-    (a, b, tx, ty), *_ = np.linalg.lstsq(system, targets, rcond=None)
-    return np.array([[a, -b, tx], [b, a, ty]], dtype=np.float32)
-
-
-def _signed_areas(triangles: np.ndarray) -> np.ndarray:
-    """Signed areas of n x 3 x 2 triangles; the sign is the winding."""
-    edges = triangles[:, 1:] - triangles[:, :1]
-    return 0.5 * (edges[:, 0, 0] * edges[:, 1, 1] - edges[:, 0, 1] * edges[:, 1, 0])
-
-
-def _match_colours(warped: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """The warped face recoloured so its LAB mean and spread on `region` match the frame's."""
-    if region.sum() < 16:
-        return warped
-    warped_lab = cv2.cvtColor(warped, cv2.COLOR_RGB2LAB).astype(np.float32)
-    target_lab = cv2.cvtColor(target, cv2.COLOR_RGB2LAB).astype(np.float32)
-    warped_pixels = warped_lab[region]
-    target_pixels = target_lab[region]
-    warped_mean, warped_std = warped_pixels.mean(axis=0), warped_pixels.std(axis=0)
-    target_mean, target_std = target_pixels.mean(axis=0), target_pixels.std(axis=0)
-    ratio = np.clip(target_std / np.maximum(warped_std, 1e-3), *STD_RATIO_RANGE)
-    matched = (warped_lab - warped_mean) * ratio + target_mean
-    return cv2.cvtColor(np.clip(matched, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
-
-
-def _blend(face: np.ndarray, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    alpha = mask[..., None]
-    blended = face.astype(np.float32) * alpha + frame.astype(np.float32) * (1.0 - alpha)
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    pairs = ((target_points[t], source_points[t]) for t in triangles[usable])
+    return warp_triangles(source, pairs, fallback, shape)

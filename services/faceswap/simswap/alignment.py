@@ -16,6 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from services.shared.face_geometry import umeyama_similarity
+
 # insightface's five pose templates for 112 x 112 crops: left profile, left, frontal, right,
 # right profile.
 POSE_TEMPLATES_112 = np.array(
@@ -50,47 +52,17 @@ def templates_for(crop_size: int) -> np.ndarray:
     return POSE_TEMPLATES_112 * crop_size / 112.0
 
 
-def umeyama_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Least-squares rotation, uniform scale and shift (2 x 3) taking source points to target."""
-    source = np.asarray(source, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    count = source.shape[0]
-    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
-    source_centred, target_centred = source - source_mean, target - target_mean
-    covariance = target_centred.T @ source_centred / count
-    signs = np.ones(2)
-    if np.linalg.det(covariance) < 0:
-        signs[-1] = -1.0
-    u, singular_values, vt = np.linalg.svd(covariance)
-    rank = np.linalg.matrix_rank(covariance)
-    if rank == 0:
-        raise ValueError("degenerate landmarks: all points coincide")
-    if rank == 1 and np.linalg.det(u) * np.linalg.det(vt) > 0:
-        rotation = u @ vt
-    elif rank == 1:
-        flipped = signs.copy()
-        flipped[-1] = -1.0
-        rotation = u @ np.diag(flipped) @ vt
-    else:
-        rotation = u @ np.diag(signs) @ vt
-    scale = (singular_values @ signs) / source_centred.var(axis=0).sum()
-    matrix = np.empty((2, 3))
-    matrix[:, :2] = scale * rotation
-    matrix[:, 2] = target_mean - matrix[:, :2] @ source_mean
-    return matrix
-
-
 def estimate_alignment(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
     """The 2 x 3 matrix taking frame pixels to the model's crop, best template first."""
     landmarks = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
-    best, best_error = None, np.inf
-    for template in templates_for(crop_size):
-        matrix = umeyama_similarity(landmarks, template)
+
+    def fit_error(matrix: np.ndarray, template: np.ndarray) -> float:
         moved = landmarks @ matrix[:, :2].T + matrix[:, 2]
-        error = float(np.linalg.norm(moved - template, axis=1).sum())
-        if error < best_error:
-            best, best_error = matrix, error
-    return best
+        return float(np.linalg.norm(moved - template, axis=1).sum())
+
+    # The first of equally good templates wins, as in the official loop.
+    fits = [(umeyama_similarity(landmarks, t), t) for t in templates_for(crop_size)]
+    return min(fits, key=lambda fit: fit_error(*fit))[0]
 
 
 def aligned_crop(image: np.ndarray, alignment: np.ndarray, crop_size: int) -> np.ndarray:

@@ -106,7 +106,8 @@ class ArcFaceResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.prelu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in range(len(STAGE_CHANNELS)):
+            x = getattr(self, f"layer{stage + 1}")(x)
         x = self.dropout(self.bn2(x))
         return self.bn3(self.fc(x.flatten(1)))
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from services.shared.errors import EngineNotReady
+from services.shared.face_geometry import non_maximum_suppression
 from services.shared.faces import FaceAnalyzer
 
 log = logging.getLogger(__name__)
@@ -200,23 +201,6 @@ def distance_to_box(centres: np.ndarray, distances: np.ndarray) -> np.ndarray:
 def distance_to_points(centres: np.ndarray, distances: np.ndarray) -> np.ndarray:
     """N x 5 x 2 landmarks from their offsets (dx, dy per point) to an anchor centre."""
     return centres[:, None, :] + distances.reshape(-1, 5, 2)
-
-
-def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
-    """Indices kept, best first; the +1 in widths follows insightface's pixel convention."""
-    x1, y1, x2, y2 = boxes.T
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(int(best))
-        overlap_w = np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1
-        overlap_h = np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1
-        intersection = np.maximum(0.0, overlap_w) * np.maximum(0.0, overlap_h)
-        iou = intersection / (areas[best] + areas[rest] - intersection)
-        order = rest[iou <= threshold]
-    return keep
 
 
 def _clipped_box(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:

@@ -1,12 +1,11 @@
 """The loaded SimSwap networks on one device, and their batched forward passes.
 
 Crops travel as RGB uint8 arrays (S x S x 3); identities as unit-length float32 vectors.
-On CUDA the passes run under fp16 autocast; on the CPU in float32 with `torch_threads`.
+On CUDA the passes run under fp16 autocast; on the CPU in float32 with `cpu_threads`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,10 +14,7 @@ import torch
 
 from services.faceswap.simswap.arcface import identity_embedding
 from services.faceswap.simswap.checkpoints import load_arcface, load_generator
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from services.shared.torch_device import pick_device
 
 
 class SimSwapModels:
@@ -28,11 +24,9 @@ class SimSwapModels:
         generator_path: Path,
         resolution: int,
         device: torch.device | None = None,
-        torch_threads: int = 0,
+        cpu_threads: int = 0,
     ) -> None:
-        self.device = device or pick_device()
-        if self.device.type == "cpu":
-            torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        self.device = device or pick_device(cpu_threads=cpu_threads)
         self.resolution = resolution
         # Both load fully (strict) before either is kept: never a half-loaded engine.
         arcface = load_arcface(arcface_path)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from services.shared.face_blend import blend, match_colours
+
 MASK_THRESHOLD = 20.0  # of 255, official
 EROSION_FRACTION = 40 / 224  # official 40 px kernel at the 224 crop's own scale
 BLUR_FRACTION = 41 / 224  # official (2 * 20 + 1) px Gaussian at the same scale
@@ -45,13 +47,11 @@ def paste_back(
     to_region = inverse.copy()
     to_region[:, 2] -= (x, y)
 
-    matched = match_colours(swapped, original)
+    matched = match_colours(swapped, original, _face_centre(crop_size), STD_RATIO_RANGE)
     face = cv2.warpAffine(matched.astype(np.float32), to_region, (width, height))
     mask = soft_mask(crop_size, to_region, (height, width))
-    patch = frame[y : y + height, x : x + width].astype(np.float32)
-    blended = mask[..., None] * face + (1.0 - mask[..., None]) * patch
     result = frame.copy()
-    result[y : y + height, x : x + width] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    result[y : y + height, x : x + width] = blend(face, frame[y : y + height, x : x + width], mask)
     return PastedFace(result, _changed_box(mask, x, y))
 
 
@@ -69,18 +69,12 @@ def soft_mask(crop_size: int, to_region: np.ndarray, shape: tuple[int, int]) -> 
     return mask / 255.0
 
 
-def match_colours(swapped: np.ndarray, original: np.ndarray) -> np.ndarray:
-    """The swapped crop recoloured so its LAB mean and spread match the original crop's face."""
-    size = swapped.shape[0]
-    inset = int(size * STATISTICS_INSET)
-    centre = (slice(inset, size - inset), slice(inset, size - inset))
-    swapped_lab = cv2.cvtColor(swapped, cv2.COLOR_RGB2LAB).astype(np.float32)
-    original_lab = cv2.cvtColor(original, cv2.COLOR_RGB2LAB).astype(np.float32)
-    source = swapped_lab[centre].reshape(-1, 3)
-    target = original_lab[centre].reshape(-1, 3)
-    ratio = np.clip(target.std(axis=0) / np.maximum(source.std(axis=0), 1e-3), *STD_RATIO_RANGE)
-    matched = (swapped_lab - source.mean(axis=0)) * ratio + target.mean(axis=0)
-    return cv2.cvtColor(np.clip(matched, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+def _face_centre(crop_size: int) -> np.ndarray:
+    """The crop's centred square whose colours are compared: the face, not its background."""
+    inset = int(crop_size * STATISTICS_INSET)
+    centre = np.zeros((crop_size, crop_size), dtype=bool)
+    centre[inset : crop_size - inset, inset : crop_size - inset] = True
+    return centre
 
 
 def _region(

@@ -22,15 +22,32 @@ from scipy.ndimage import maximum_filter1d
 from scipy.spatial import Delaunay
 
 from services.lipsync.engines.base import (
+    FEATURES_STATE,
     SAMPLE_RATE,
     AudioFeatures,
-    FrameSyncer,
     LipSyncEngine,
-    SyncedFrame,
 )
-from services.lipsync.features import check_owner, decode_state, encode_state
-from services.shared.errors import InvalidInput
-from services.shared.faces import FaceAnalyzer, default_analyzer
+from services.shared.engine_state import check_owner, decode_state, encode_state
+from services.shared.engines import FrameResult, FrameStream
+from services.shared.face_blend import blend
+from services.shared.face_geometry import signed_areas, warp_triangles
+from services.shared.faces import (
+    CHIN,
+    INNER_LEFT,
+    INNER_LIPS,
+    INNER_RIGHT,
+    JAW,
+    LOWER_INNER_LIPS,
+    LOWER_OUTER_LIPS,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+    NOSE_BRIDGE,
+    NOSE_TIP,
+    UPPER_INNER_LIPS,
+    UPPER_OUTER_LIPS,
+    FaceAnalyzer,
+    default_analyzer,
+)
 
 # Audio analysis: 25 ms windows every 10 ms.
 HOP = SAMPLE_RATE // 100
@@ -53,17 +70,6 @@ OPEN_TIME_CONSTANT = 0.025
 CLOSE_TIME_CONSTANT = 0.06
 # Spectral centroid (Hz) mapped to spread -1 .. 1 around the middle of speech.
 CENTROID_ROUND_HZ, CENTROID_SPREAD_HZ = 800.0, 3000.0
-
-# iBUG 68-point indices (dlib's scheme).
-JAW = np.arange(0, 17)
-CHIN = 8
-NOSE_BRIDGE = 27
-NOSE_TIP = 30
-MOUTH_LEFT, MOUTH_RIGHT = 48, 54
-UPPER_OUTER, LOWER_OUTER = np.arange(49, 54), np.arange(55, 60)
-INNER_LEFT, INNER_RIGHT = 60, 64
-UPPER_INNER, LOWER_INNER = np.arange(61, 64), np.arange(65, 68)
-INNER_LIPS = np.arange(60, 68)
 
 # Motion at full opening, as fractions of the mouth's width (a wide-open speaking mouth has an
 # inner-lip gap of about a third of its width); the lower lip and chin carry most of it.
@@ -102,15 +108,16 @@ class MouthMotionEngine(LipSyncEngine):
         state = encode_state(
             self.name,
             {"opening": opening.astype(np.float32), "spread": spread.astype(np.float32)},
+            compress=True,
         )
         return AudioFeatures(self.name, state, len(samples) / SAMPLE_RATE)
 
-    def start_stream(self, features: AudioFeatures, fps: float) -> FrameSyncer:
-        check_owner(features.engine, self.name)
-        arrays = decode_state(features.state, self.name, ("opening", "spread"))
+    def start_stream(self, features: AudioFeatures, fps: float) -> FrameStream:
+        check_owner(features.engine, self.name, FEATURES_STATE)
+        arrays = decode_state(features.state, self.name, ("opening", "spread"), FEATURES_STATE)
         opening, spread = arrays["opening"], arrays["spread"]
         if opening.ndim != 1 or opening.shape != spread.shape:
-            raise InvalidInput("The audio features are corrupt: prepare the audio again.")
+            raise FEATURES_STATE.corrupt()
         return MouthMotionSyncer(self.analyzer or default_analyzer(), opening, spread, fps)
 
     def close(self) -> None:
@@ -170,7 +177,7 @@ def articulation_at(track: np.ndarray, frame_index: int, fps: float) -> float:
     return float(window.mean()) if len(window) else 0.0
 
 
-class MouthMotionSyncer(FrameSyncer):
+class MouthMotionSyncer(FrameStream):
     def __init__(
         self, analyzer: FaceAnalyzer, opening: np.ndarray, spread: np.ndarray, fps: float
     ) -> None:
@@ -180,37 +187,37 @@ class MouthMotionSyncer(FrameSyncer):
         self.fps = fps
         self.frame_index = 0
 
-    def sync(self, frame: np.ndarray) -> SyncedFrame:
+    def process(self, frame: np.ndarray) -> FrameResult:
         index = self.frame_index
         self.frame_index += 1
         face = self.analyzer.primary_face(frame)
         if face is None:
-            return SyncedFrame(image=frame, face_found=False, mouth_box=None)
+            return FrameResult.unchanged(frame)
         landmarks = face.landmarks.astype(np.float64)
         if np.linalg.norm(landmarks[MOUTH_RIGHT] - landmarks[MOUTH_LEFT]) < MIN_MOUTH_WIDTH:
-            return SyncedFrame(image=frame, face_found=False, mouth_box=None)
+            return FrameResult.unchanged(frame)
         opening = articulation_at(self.opening, index, self.fps)
         spread = articulation_at(self.spread, index, self.fps)
         moved = articulate(landmarks, opening, spread)
         image = move_mouth(frame, landmarks, moved, opening)
-        return SyncedFrame(image=image, face_found=True, mouth_box=_mouth_box(moved, frame.shape))
+        return FrameResult(image=image, face_found=True, box=_mouth_box(moved, frame.shape))
 
 
 def articulate(landmarks: np.ndarray, opening: float, spread: float) -> np.ndarray:
     """The 68 landmarks with the mouth opened by `opening` and spread by `spread`."""
     down = landmarks[CHIN] - landmarks[NOSE_BRIDGE]
-    down /= max(np.linalg.norm(down), 1e-6)
+    down /= max(float(np.linalg.norm(down)), 1e-6)
     across = landmarks[MOUTH_RIGHT] - landmarks[MOUTH_LEFT]
-    width = max(np.linalg.norm(across), 1e-6)
+    width = max(float(np.linalg.norm(across)), 1e-6)
     across /= width
     gap = MAX_GAP * width * opening
     moved = landmarks.copy()
     upper, lower = -UPPER_LIP_SHARE * gap * down, LOWER_LIP_SHARE * gap * down
-    moved[UPPER_INNER] += upper
-    moved[UPPER_OUTER] += upper * 0.6
-    moved[LOWER_INNER] += lower
+    moved[UPPER_INNER_LIPS] += upper
+    moved[UPPER_OUTER_LIPS] += upper * 0.6
+    moved[LOWER_INNER_LIPS] += lower
     # The outer lower lip's middle follows fully, its sides less (the lip's curve).
-    moved[LOWER_OUTER] += lower * np.array([0.6, 0.9, 1.0, 0.9, 0.6])[:, None]
+    moved[LOWER_OUTER_LIPS] += lower * np.array([0.6, 0.9, 1.0, 0.9, 0.6])[:, None]
     corner_shift = CORNER_DROP * lower
     spread_shift = MAX_SPREAD * width * spread * across
     moved[[MOUTH_LEFT, INNER_LEFT]] += corner_shift - spread_shift
@@ -256,24 +263,11 @@ def _warp_piecewise_affine(
 
     Pixels outside the triangulated area sample themselves (identity), so the ring stays put.
     """
-    height, width = shape
+    identity = np.array([[1, 0, origin[0]], [0, 1, origin[1]]], dtype=np.float64)
     triangles = Delaunay(target).simplices
-    affines = [np.array([[1, 0, origin[0]], [0, 1, origin[1]]], dtype=np.float64)]
-    triangle_ids = np.zeros((height, width), dtype=np.int32)
-    for triangle in triangles:
-        target_triangle = target[triangle].astype(np.float32)
-        edges = target_triangle[1:] - target_triangle[:1]
-        if abs(edges[0, 0] * edges[1, 1] - edges[0, 1] * edges[1, 0]) < 1e-3:
-            continue
-        source_triangle = source[triangle].astype(np.float32)
-        affines.append(cv2.getAffineTransform(target_triangle, source_triangle))
-        corners = np.rint(target_triangle).astype(np.int32)
-        cv2.fillConvexPoly(triangle_ids, corners, len(affines) - 1)
-    per_pixel = np.asarray(affines, dtype=np.float32)[triangle_ids]
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    map_x = per_pixel[..., 0, 0] * xs + per_pixel[..., 0, 1] * ys + per_pixel[..., 0, 2]
-    map_y = per_pixel[..., 1, 0] * xs + per_pixel[..., 1, 1] * ys + per_pixel[..., 1, 2]
-    return cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    usable = np.abs(signed_areas(target[triangles])) >= 5e-4
+    pairs = ((target[t], source[t]) for t in triangles[usable])
+    return warp_triangles(frame, pairs, identity, shape)
 
 
 def _darken_mouth(
@@ -285,11 +279,10 @@ def _darken_mouth(
     polygon = np.rint(inner_lips * scale).astype(np.int32)
     cv2.fillPoly(mask, [polygon], 1.0, lineType=cv2.LINE_AA, shift=2)
     feather = max(1.0, CAVITY_FEATHER * mouth_width)
-    mask = cv2.GaussianBlur(mask, (0, 0), feather / 2)
+    soft_edge = cv2.GaussianBlur(mask, (0, 0), feather / 2)
     strength = CAVITY_STRENGTH * min(1.0, opening * 1.5)
-    alpha = (mask * strength)[..., None]
-    darkened = patch.astype(np.float32) * (1 - alpha) + MOUTH_CAVITY_RGB * alpha
-    return np.clip(darkened + 0.5, 0, 255).astype(np.uint8)
+    cavity = np.broadcast_to(MOUTH_CAVITY_RGB, patch.shape)
+    return blend(cavity, patch, soft_edge * strength)
 
 
 def _mouth_box(moved: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:

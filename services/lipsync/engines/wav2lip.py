@@ -12,30 +12,36 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from services.lipsync.config import LipSyncSettings
 from services.lipsync.engines.base import (
+    FEATURES_STATE,
     SAMPLE_RATE,
     AudioFeatures,
-    FrameSyncer,
     LipSyncEngine,
-    SyncedFrame,
 )
-from services.lipsync.features import check_owner, decode_state, encode_state
 from services.lipsync.wav2lip import files
 from services.lipsync.wav2lip.mel import NUM_MELS, mel_window, melspectrogram
 from services.lipsync.wav2lip.network import FACE_SIZE
 from services.lipsync.wav2lip.paste_back import mouth_region, paste_mouth
 from services.lipsync.wav2lip.tracking import LOOKAHEAD, BoxSmoother, Corners, padded_box
 from services.shared.batching import Batcher, then
-from services.shared.errors import EngineNotReady, InvalidInput
+from services.shared.engine_state import check_owner, decode_state, encode_state
+from services.shared.engines import FrameResult, FrameStream
+from services.shared.errors import EngineNotReady
 from services.shared.faces import FaceAnalyzer, default_analyzer
 from services.shared.model_files import check_files
+
+if TYPE_CHECKING:  # torch is imported only once the weights are found
+    from services.lipsync.wav2lip.models import Wav2LipModel
+    from services.lipsync.wav2lip.s3fd import S3FDDetector
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,7 @@ class FaceBoxDetector:
 
 
 class S3FDBoxes(FaceBoxDetector):
-    def __init__(self, detector) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, detector: S3FDDetector) -> None:
         self.detector = detector
 
     def detect(self, frame: np.ndarray) -> Corners | None:
@@ -87,7 +93,7 @@ class Wav2LipEngine(LipSyncEngine):
     def __init__(self, settings: LipSyncSettings | None = None) -> None:
         self.settings = settings or LipSyncSettings.load()
         self.device = "-"
-        self.model = None
+        self.model: Wav2LipModel | None = None
         self.detector: FaceBoxDetector | None = None
         self.batcher: Batcher[MouthRequest, np.ndarray] | None = None
 
@@ -105,7 +111,7 @@ class Wav2LipEngine(LipSyncEngine):
         from services.lipsync.wav2lip.s3fd import S3FDDetector
 
         model = Wav2LipModel(
-            present[files.CHECKPOINTS[checkpoint].path], torch_threads=self.settings.torch_threads
+            present[files.CHECKPOINTS[checkpoint].path], cpu_threads=self.settings.cpu_threads
         )
         if files.DETECTOR.path in present:
             detector: FaceBoxDetector = S3FDBoxes(
@@ -118,25 +124,22 @@ class Wav2LipEngine(LipSyncEngine):
             detector = DlibBoxes(default_analyzer())
         self.model, self.detector = model, detector
         self.device = model.device.type
-        self.batcher = Batcher(
-            self._generate_batch,
-            self.settings.batch_max_size,
-            self.settings.batch_max_wait_ms / 1000.0,
-            name="wav2lip-batcher",
-        )
+        self.batcher = Batcher.for_frames(self._generate_batch, self.settings, "wav2lip-batcher")
 
     def prepare_audio(self, samples: np.ndarray) -> AudioFeatures:
         mel = melspectrogram(samples)
         return AudioFeatures(
-            self.name, encode_state(self.name, {"mel": mel}), len(samples) / SAMPLE_RATE
+            self.name,
+            encode_state(self.name, {"mel": mel}, compress=True),
+            len(samples) / SAMPLE_RATE,
         )
 
-    def start_stream(self, features: AudioFeatures, fps: float) -> FrameSyncer:
+    def start_stream(self, features: AudioFeatures, fps: float) -> FrameStream:
         self._loaded()
-        check_owner(features.engine, self.name)
-        mel = decode_state(features.state, self.name, ("mel",))["mel"]
+        check_owner(features.engine, self.name, FEATURES_STATE)
+        mel = decode_state(features.state, self.name, ("mel",), FEATURES_STATE)["mel"]
         if mel.ndim != 2 or mel.shape[0] != NUM_MELS:
-            raise InvalidInput("The audio features are corrupt: prepare the audio again.")
+            raise FEATURES_STATE.corrupt()
         return Wav2LipSyncer(self, mel.astype(np.float32), fps)
 
     def close(self) -> None:
@@ -144,25 +147,28 @@ class Wav2LipEngine(LipSyncEngine):
             self.batcher.close()
             self.batcher = None
 
-    def _generate_batch(self, requests: list[MouthRequest]) -> list[np.ndarray]:
-        return self.model.generate(
+    def _generate_batch(self, requests: Sequence[MouthRequest]) -> list[np.ndarray]:
+        model, _, _ = self._loaded()
+        return model.generate(
             [request.crop_bgr for request in requests], [request.mel_window for request in requests]
         )
 
-    def _loaded(self) -> tuple[Batcher, FaceBoxDetector]:
+    def _loaded(
+        self,
+    ) -> tuple[Wav2LipModel, FaceBoxDetector, Batcher[MouthRequest, np.ndarray]]:
         if self.model is None or self.detector is None or self.batcher is None:
             raise EngineNotReady("The Wav2Lip engine is not loaded.")
-        return self.batcher, self.detector
+        return self.model, self.detector, self.batcher
 
 
 @dataclass
 class _HeldFrame:
     index: int
     image: np.ndarray
-    future: Future[SyncedFrame]
+    future: Future[FrameResult]
 
 
-class Wav2LipSyncer(FrameSyncer):
+class Wav2LipSyncer(FrameStream):
     """Holds back LOOKAHEAD frames so each box is smoothed with the frames after it too."""
 
     def __init__(self, engine: Wav2LipEngine, mel: np.ndarray, fps: float) -> None:
@@ -173,13 +179,13 @@ class Wav2LipSyncer(FrameSyncer):
         self.held: deque[_HeldFrame] = deque()
         self.next_index = 0
 
-    def sync(self, frame: np.ndarray) -> SyncedFrame:
+    def process(self, frame: np.ndarray) -> FrameResult:
         future = self.submit(frame)
         self.finish()
         return future.result()
 
-    def submit(self, frame: np.ndarray) -> Future[SyncedFrame]:
-        _, detector = self.engine._loaded()
+    def submit(self, frame: np.ndarray) -> Future[FrameResult]:
+        _, detector, _ = self.engine._loaded()
         box = detector.detect(frame)
         self.smoother.add(None if box is None else padded_box(box, frame.shape))
         held = _HeldFrame(self.next_index, frame, Future())
@@ -197,7 +203,7 @@ class Wav2LipSyncer(FrameSyncer):
         box = self.smoother.smoothed(offset_from_newest)
         corners = None if box is None else _pixel_box(box)
         if corners is None:
-            held.future.set_result(SyncedFrame(image=held.image, face_found=False, mouth_box=None))
+            held.future.set_result(FrameResult.unchanged(held.image))
             return
         x1, y1, x2, y2 = corners
         crop = cv2.cvtColor(held.image[y1:y2, x1:x2], cv2.COLOR_RGB2BGR)
@@ -205,14 +211,14 @@ class Wav2LipSyncer(FrameSyncer):
             crop_bgr=cv2.resize(crop, (FACE_SIZE, FACE_SIZE)),
             mel_window=mel_window(self.mel, held.index, self.fps),
         )
-        batcher, _ = self.engine._loaded()
+        _, _, batcher = self.engine._loaded()
 
-        def finish(generated_bgr: np.ndarray) -> SyncedFrame:
+        def finish(generated_bgr: np.ndarray) -> FrameResult:
             generated = cv2.cvtColor(generated_bgr, cv2.COLOR_BGR2RGB)
-            return SyncedFrame(
+            return FrameResult(
                 image=paste_mouth(held.image, generated, corners),
                 face_found=True,
-                mouth_box=mouth_region(corners),
+                box=mouth_region(corners),
             )
 
         pending = then(batcher.submit(request), finish)
@@ -226,7 +232,7 @@ def _pixel_box(box: Corners) -> tuple[int, int, int, int] | None:
     return x1, y1, x2, y2
 
 
-def _forward(done: Future[SyncedFrame], target: Future[SyncedFrame]) -> None:
+def _forward(done: Future[FrameResult], target: Future[FrameResult]) -> None:
     error = done.exception()
     if error is not None:
         target.set_exception(error)

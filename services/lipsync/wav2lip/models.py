@@ -1,11 +1,10 @@
 """The loaded Wav2Lip generator on one device, and its batched forward pass.
 
-On CUDA the pass runs under fp16 autocast; on the CPU in float32 with `torch_threads`.
+On CUDA the pass runs under fp16 autocast; on the CPU in float32 with `cpu_threads`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,10 +13,7 @@ import torch
 
 from services.lipsync.wav2lip.checkpoints import load_state_dict_file, load_strict
 from services.lipsync.wav2lip.network import FACE_SIZE, MEL_BANDS, MEL_WINDOW, Wav2Lip
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from services.shared.torch_device import pick_device
 
 
 def load_generator(path: Path) -> Wav2Lip:
@@ -38,11 +34,9 @@ def network_inputs(crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
 
 class Wav2LipModel:
     def __init__(
-        self, checkpoint: Path, device: torch.device | None = None, torch_threads: int = 0
+        self, checkpoint: Path, device: torch.device | None = None, cpu_threads: int = 0
     ) -> None:
-        self.device = device or pick_device()
-        if self.device.type == "cpu":
-            torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        self.device = device or pick_device(cpu_threads=cpu_threads)
         self.network = load_generator(checkpoint).to(self.device)
 
     def generate(

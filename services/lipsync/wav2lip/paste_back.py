@@ -12,6 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from services.shared.face_blend import blend, match_colours
+
 # The blended region, as fractions of the face box: the lower half (where the network draws),
 # short of the box's sides and bottom where its texture is weakest.
 REGION_TOP, REGION_BOTTOM = 0.5, 0.97
@@ -40,11 +42,9 @@ def paste_mouth(
     original = frame[y1:y2, x1:x2]
     face = cv2.resize(generated_rgb, (width, height))
     mask = _feathered_mask(width, height)
-    face = _match_colours(face, original, mask > 0.5)
-    alpha = mask[..., None]
-    blended = face.astype(np.float32) * alpha + original.astype(np.float32) * (1.0 - alpha)
+    face = match_colours(face, original, mask > 0.5, STD_RATIO_RANGE)
     result = frame.copy()
-    result[y1:y2, x1:x2] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    result[y1:y2, x1:x2] = blend(face, original, mask)
     return result
 
 
@@ -63,16 +63,3 @@ def _feathered_mask(width: int, height: int) -> np.ndarray:
     )
     # The kernel reaches `inset` pixels: nothing outside the region changes.
     return cv2.GaussianBlur(mask, (2 * inset + 1, 2 * inset + 1), feather / 2)
-
-
-def _match_colours(face: np.ndarray, original: np.ndarray, region: np.ndarray) -> np.ndarray:
-    if region.sum() < 16:
-        return face
-    face_lab = cv2.cvtColor(face, cv2.COLOR_RGB2LAB).astype(np.float32)
-    original_lab = cv2.cvtColor(original, cv2.COLOR_RGB2LAB).astype(np.float32)
-    face_pixels, original_pixels = face_lab[region], original_lab[region]
-    ratio = np.clip(
-        original_pixels.std(axis=0) / np.maximum(face_pixels.std(axis=0), 1e-3), *STD_RATIO_RANGE
-    )
-    matched = (face_lab - face_pixels.mean(axis=0)) * ratio + original_pixels.mean(axis=0)
-    return cv2.cvtColor(np.clip(matched, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)

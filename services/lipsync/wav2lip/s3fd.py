@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.lipsync.wav2lip.checkpoints import load_state_dict_file, load_strict
+from services.shared.face_geometry import non_maximum_suppression
 
 PIXEL_MEANS = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 CANDIDATE_SCORE = 0.05
@@ -71,7 +72,7 @@ class S3FD(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         for layer in TRUNK:
-            if layer != "pool":
+            if not isinstance(layer, str):
                 name, cin, cout, kernel, stride, padding = layer
                 self.add_module(name, nn.Conv2d(cin, cout, kernel, stride, padding))
         for _, head, channels, scores, scale in HEADS:
@@ -136,29 +137,11 @@ def decode_detections(outputs: list[torch.Tensor]) -> list[np.ndarray]:
     return [np.array(boxes).reshape(-1, 5) for boxes in per_image]
 
 
-def non_maximum_suppression(boxes: np.ndarray, iou: float = NMS_IOU) -> np.ndarray:
-    """The kept rows, best score first (official `bbox.nms`, +1 pixel areas included)."""
-    if len(boxes) == 0:
-        return boxes
-    x1, y1, x2, y2, scores = boxes.T
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = scores.argsort()[::-1]
-    keep = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        left, right = np.maximum(x1[best], x1[rest]), np.minimum(x2[best], x2[rest])
-        top, bottom = np.maximum(y1[best], y1[rest]), np.minimum(y2[best], y2[rest])
-        overlap = np.maximum(0.0, right - left + 1) * np.maximum(0.0, bottom - top + 1)
-        ratio = overlap / (areas[best] + areas[rest] - overlap)
-        order = rest[ratio <= iou]
-    return boxes[keep]
-
-
 def best_face(candidates: np.ndarray) -> FaceBox | None:
     usable = np.isfinite(candidates).all(axis=1)
     usable &= (candidates[:, 2] > candidates[:, 0]) & (candidates[:, 3] > candidates[:, 1])
-    kept = non_maximum_suppression(candidates[usable])
+    candidates = candidates[usable]
+    kept = candidates[non_maximum_suppression(candidates[:, :4], candidates[:, 4], NMS_IOU)]
     kept = kept[kept[:, 4] > KEEP_SCORE]
     if len(kept) == 0:
         return None

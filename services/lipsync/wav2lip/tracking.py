@@ -46,4 +46,5 @@ class BoxSmoother:
             return None
         low = max(0, position - LOOKAHEAD)
         window = [box for box in list(self.recent)[low : position + LOOKAHEAD + 1] if box]
-        return tuple(np.mean(np.array(window), axis=0).tolist())  # type: ignore[return-value]
+        x1, y1, x2, y2 = np.mean(np.array(window), axis=0).tolist()
+        return x1, y1, x2, y2
