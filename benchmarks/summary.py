@@ -23,6 +23,14 @@ def rows() -> list[tuple[str, str, str]]:
                 f"job / engine alone {gif['job_over_engine_ratio']}x",
             )
         )
+        if "signing_seconds" in gif:
+            table.append(
+                (
+                    "Content Credentials signing, per GIF job",
+                    f"{gif['signing_seconds'] * 1000:.0f} ms",
+                    f"{gif['signing_share_of_job']:.1%} of the job",
+                )
+            )
     video = _load("video_bench.json")
     if video:
         table.append(

@@ -15,8 +15,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.client import RemindClient
-from services.shared import images, watermark
-from services.shared.video import iter_frames
+from services.shared import images
+from services.shared.content_credentials import ABSENT
+from services.shared.errors import RemindError
+from services.shared.provenance import verify_media
+from services.shared.signing_certificates import local_credentials
 from services.stack import DEFAULT_BASE_PORT, ORCHESTRATOR, LocalStack
 
 app = typer.Typer(
@@ -159,19 +162,34 @@ def video(
 
 @app.command()
 def verify(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]) -> None:
-    """Check a GIF or video for the Re:Mind watermark (every output carries one)."""
-    verdict = watermark.verify(iter_frames(path))
-    if verdict.watermarked:
-        print(
-            f"{path}: synthetic, made by Re:Mind (watermark score {verdict.score:.1f} "
-            f"over {verdict.frames} frames)"
-        )
+    """Check a file for Re:Mind's two marks: its Content Credentials (C2PA) and the invisible
+    watermark. Exits 0 when either says the file was made by Re:Mind."""
+    # The local stack's own root, so that its results show as from a trusted signer.
+    root = local_credentials(_stack().state_dir / "c2pa").root
+    trust_anchors = root.read_text() if root.is_file() else ""
+    try:
+        verdict = verify_media(path, trust_anchors)
+    except RemindError as error:
+        console.print(f"[red]{path}[/red]: {error}")
+        raise typer.Exit(2) from None
+    credentials = verdict.credentials
+    if credentials.state == ABSENT:
+        print("Content Credentials: none (never signed, or re-encoded since)")
     else:
-        print(
-            f"{path}: no Re:Mind watermark found (score {verdict.score:.1f} "
-            f"over {verdict.frames} frames)"
-        )
+        trust = "trusted signer" if credentials.trusted else "signer not in the trust list"
+        print(f"Content Credentials: {credentials.state.lower()}, signed by {credentials.signer} "
+              f"({credentials.issuer}; {trust}), made with {credentials.generator}")  # fmt: skip
+        print(f"  actions: {', '.join(credentials.actions) or '-'}; digital source type: "
+              f"{credentials.digital_source_type.rsplit('/', 1)[-1] or '-'}")  # fmt: skip
+        if credentials.problems:
+            print(f"  problems: {', '.join(credentials.problems)}")
+    found = "found" if verdict.watermark.watermarked else "not found"
+    print(f"Watermark: {found} (score {verdict.watermark.score:.1f} over "
+          f"{verdict.watermark.frames} frames)")  # fmt: skip
+    if not verdict.marked:
+        print(f"{path}: no Re:Mind mark found")
         raise typer.Exit(1)
+    print(f"{path}: synthetic media made by Re:Mind")
 
 
 @app.command()

@@ -127,6 +127,10 @@ class RemindClient:
         )
         return b"".join(response.chunk for response in responses)
 
+    def verify(self, media_name: str) -> media_pb2.VerifyMediaResponse:
+        request = media_pb2.VerifyMediaRequest(name=media_name)
+        return self.media.VerifyMedia(request, timeout=120)
+
     def list_templates(
         self, kind: templates_pb2.TemplateKind = templates_pb2.TEMPLATE_KIND_UNSPECIFIED
     ) -> list[templates_pb2.Template]:

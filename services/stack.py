@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from minio import Minio
 
 from services.orchestrator.auth import key_digest
+from services.shared.signing_certificates import LocalCredentials, ensure_local_credentials
 
 DEFAULT_BASE_PORT = 18300
 # Offsets from the base port. SeaweedFS also listens on each of its ports + 10000 (gRPC).
@@ -95,6 +96,9 @@ def ports_free(base_port: int) -> bool:
     ports += [base_port + offset + 10000 for offset in (S3, MASTER, FILER, VOLUME, ADMIN)]
     for port in ports:
         with socket.socket() as probe:
+            # As the servers bind: connections of a stack just stopped, left in TIME_WAIT, do
+            # not hold a port; a listening socket still does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
@@ -172,6 +176,10 @@ class LocalStack:
         (self.state_dir / "api-keys.json").write_text(json.dumps({"tenants": digests}))
         return stored
 
+    def signing_credentials(self) -> LocalCredentials:
+        """The local CA and Content Credentials signing certificate, owner-only in c2pa/."""
+        return ensure_local_credentials(self.state_dir / "c2pa")
+
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> int:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -229,6 +237,7 @@ class LocalStack:
     def _processes(self, info: StackInfo) -> dict[str, tuple[list[str], dict[str, str]]]:
         base = self.base_port
         service_env = {**info.s3_env(), **self.extra_env}
+        signing = self.signing_credentials()
 
         def service(name: str, **env: str) -> tuple[list[str], dict[str, str]]:
             port, metrics_port = SERVICE_PORTS[name]
@@ -251,6 +260,8 @@ class LocalStack:
                 REMIND_ORCHESTRATOR_LIPSYNC_ADDRESS=info.lipsync_address,
                 REMIND_ORCHESTRATOR_VOICE_ADDRESS=info.voice_address,
                 REMIND_ORCHESTRATOR_API_KEYS_FILE=str(self.state_dir / "api-keys.json"),
+                REMIND_ORCHESTRATOR_C2PA_CERTIFICATE_FILE=str(signing.certificate_chain),
+                REMIND_ORCHESTRATOR_C2PA_PRIVATE_KEY_FILE=str(signing.private_key),
             ),
             "edge": (self._edge_command(), {}),
             "web": (

@@ -35,6 +35,16 @@ class OrchestratorSettings(ServerSettings):
     stage_timeout_seconds: float = 600.0
     # How long a job keeps retrying a model service that went away mid-stream.
     stream_retry_seconds: float = 120.0
+    # Content Credentials (C2PA) on every result: the signing certificate chain (PEM, the
+    # signing certificate first) and its private key (PEM). Required: a result is never stored
+    # unsigned (`make up` makes local ones; production mounts a Secret).
+    c2pa_certificate_file: str = ""
+    c2pa_private_key_file: str = ""
+    # An RFC 3161 timestamp authority for the signatures; empty: none (no internet here).
+    c2pa_timestamp_url: str = ""
+    # PEM roots whose signatures VerifyMedia reports as trusted; empty: the signing chain's
+    # last certificate.
+    c2pa_trust_anchors_file: str = ""
     # How often progress is written to the job record while a job runs.
     progress_persist_seconds: float = 1.0
 

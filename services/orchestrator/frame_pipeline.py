@@ -22,7 +22,9 @@ from remind.v1 import media_pb2
 
 from services.orchestrator.jobs import JobContext
 from services.orchestrator.media_library import MediaLibrary
+from services.orchestrator.template_library import LocalTemplate
 from services.shared import errors, images, video, watermark
+from services.shared.content_credentials import ContentSigner, Provenance
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,16 @@ class FramePipeline:
                 close()
 
 
+class ResultStore(Protocol):
+    """Where results go: signed, then stored."""
+
+    @property
+    def signer(self) -> ContentSigner: ...
+
+    @property
+    def media(self) -> MediaLibrary: ...
+
+
 class FrameWriter(Protocol):
     def write(self, frame: np.ndarray) -> None: ...
 
@@ -131,8 +143,7 @@ class RenderedFrames:
 
 def render(
     context: JobContext,
-    template_path: Path,
-    info: video.MediaInfo,
+    template: LocalTemplate,
     pipeline: FramePipeline,
     writer: FrameWriter,
     stage: jobs_pb2.JobStage,
@@ -141,6 +152,7 @@ def render(
     """Every template frame through the pipeline, watermarked, into the writer; progress is
     reported as `stage` from progress[0] to progress[1] of the job."""
     start, end = progress
+    info = template.info
     total = info.frame_count
     rendered = RenderedFrames()
     context.report(stage, start, 0, total)
@@ -155,7 +167,7 @@ def render(
         fraction = start + (end - start) * done / max(total, done)
         context.report(stage, fraction, done, max(total, done))
 
-    rendered.frames = pipeline.run(template_frames(template_path), deliver)
+    rendered.frames = pipeline.run(template_frames(template.path), deliver)
     if rendered.frames == 0:
         raise errors.InvalidInput("The template produced no frames.")
     return rendered
@@ -163,15 +175,22 @@ def render(
 
 def store_result(
     context: JobContext,
-    media_library: MediaLibrary,
-    result_path: Path,
+    results: ResultStore,
+    encoded: Path,
     content_type: str,
+    template: LocalTemplate,
     rendered: RenderedFrames,
     progress: float,
 ) -> jobs_pb2.JobResult:
-    """The finished file stored under a new key of the job, and the job's result."""
+    """The encoded file signed with its Content Credentials, stored under a new key of the
+    job, and the job's result."""
     context.report(jobs_pb2.JOB_STAGE_STORING, progress, rendered.frames, rendered.frames)
-    stored = media_library.add_result(context.tenant, context.job_id, result_path, content_type)
+    signed = encoded.with_name(f"signed{encoded.suffix}")
+    provenance = Provenance(
+        template.record.name, template.content_type(), template.sha256(), rendered.engines
+    )
+    results.signer.sign(encoded, signed, content_type, provenance)
+    stored = results.media.add_result(context.tenant, context.job_id, signed, content_type)
     return jobs_pb2.JobResult(
         media=stored.name,
         content_type=stored.content_type,

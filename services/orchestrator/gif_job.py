@@ -45,9 +45,8 @@ class GifJob:
         services = self.services
         with tempfile.TemporaryDirectory(prefix="remind-gif-") as work:
             context.report(jobs_pb2.JOB_STAGE_PREPARING, 0.0)
-            template_path = Path(work) / "template.gif"
-            services.templates.download(template, template_path)
-            info = video.probe(template_path)
+            local = services.templates.local_copy(template, Path(work))
+            info = local.info
             pipeline = FramePipeline(
                 {"faceswap": lambda frames: services.faceswap.swap_faces(identity, frames)},
                 services.retry,
@@ -56,13 +55,12 @@ class GifJob:
             with video.GifEncoder(result_path, info.width, info.height, info.fps) as gif:
                 rendered = render(
                     context,
-                    template_path,
-                    info,
+                    local,
                     pipeline,
                     gif,
                     jobs_pb2.JOB_STAGE_SWAPPING_FACES,
                     (PREPARED, SWAPPED),
                 )
             return store_result(
-                context, services.media, result_path, "image/gif", rendered, SWAPPED
+                context, services, result_path, "image/gif", local, rendered, SWAPPED
             )

@@ -17,6 +17,7 @@ from services.orchestrator.jobs import JobWork
 from services.orchestrator.media_library import MediaLibrary
 from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
 from services.orchestrator.template_library import TemplateLibrary
+from services.shared.content_credentials import ContentSigner
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class JobServices:
     lipsync: LipSyncClient
     voice: VoiceClient
     retry: RetryPolicy
+    signer: ContentSigner
     settings: OrchestratorSettings
 
     def prepare_identity(

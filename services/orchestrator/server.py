@@ -21,11 +21,19 @@ from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, V
 from services.orchestrator.servicer import JobServicer, MediaServicer, TemplateServicer
 from services.orchestrator.template_library import TemplateLibrary
 from services.orchestrator.video_job import VideoJob
+from services.shared.content_credentials import ContentSigner
 from services.shared.server import GrpcService, RunningServer, serve, start_server
 from services.shared.settings import S3Settings
 from services.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+
+def trust_anchors(settings: OrchestratorSettings, signer: ContentSigner) -> str:
+    """The PEM roots VerifyMedia trusts: the configured ones, else our own chain's root."""
+    if settings.c2pa_trust_anchors_file:
+        return Path(settings.c2pa_trust_anchors_file).read_text()
+    return signer.root_pem()
+
 
 JOB_SERVICE = GrpcService.of(jobs_grpc, jobs_pb2, "JobService")
 TEMPLATE_SERVICE = GrpcService.of(templates_grpc, templates_pb2, "TemplateService")
@@ -33,6 +41,12 @@ MEDIA_SERVICE = GrpcService.of(media_grpc, media_pb2, "MediaService")
 
 
 def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
+    # First: a service that would store results unsigned must not start at all.
+    signer = ContentSigner(
+        settings.c2pa_certificate_file,
+        settings.c2pa_private_key_file,
+        settings.c2pa_timestamp_url,
+    )
     store = ObjectStore(s3)
     store.ensure_buckets(
         settings.uploads_bucket,
@@ -52,7 +66,9 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     lipsync = LipSyncClient(settings.lipsync_address, *limits)
     voice = VoiceClient(settings.voice_address, *limits)
     retry = RetryPolicy(deadline_seconds=settings.stream_retry_seconds)
-    services = JobServices(media_library, templates, faceswap, lipsync, voice, retry, settings)
+    services = JobServices(
+        media_library, templates, faceswap, lipsync, voice, retry, signer, settings
+    )
     job_types: dict[int, JobType] = {
         jobs_pb2.JOB_KIND_GIF: GifJob(services),
         jobs_pb2.JOB_KIND_VIDEO: VideoJob(services),
@@ -61,7 +77,7 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     servicers = [
         (JobServicer(board, media_library, job_types), JOB_SERVICE),
         (TemplateServicer(templates), TEMPLATE_SERVICE),
-        (MediaServicer(media_library, settings), MEDIA_SERVICE),
+        (MediaServicer(media_library, settings, trust_anchors(settings, signer)), MEDIA_SERVICE),
     ]
     keys = ApiKeys.from_file(Path(settings.api_keys_file)) if settings.api_keys_file else None
     running = start_server(settings, servicers, [AuthInterceptor(keys, settings.open_tenant)])

@@ -1,7 +1,9 @@
 """The public API's servicers: protobuf in, library calls, protobuf out."""
 
 import datetime
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +22,7 @@ from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary, MediaRecord
 from services.orchestrator.template_library import GIF, VIDEO, TemplateLibrary, TemplateRecord
 from services.shared import wire
+from services.shared.provenance import MediaVerdict, verify_media
 
 KIND_NAMES = {templates_pb2.TEMPLATE_KIND_GIF: GIF, templates_pb2.TEMPLATE_KIND_VIDEO: VIDEO}
 KIND_VALUES = {name: value for value, name in KIND_NAMES.items()}
@@ -146,9 +149,12 @@ class TemplateServicer(templates_grpc.TemplateServiceServicer):
 
 
 class MediaServicer(media_grpc.MediaServiceServicer):
-    def __init__(self, media_library: MediaLibrary, settings: OrchestratorSettings) -> None:
+    def __init__(
+        self, media_library: MediaLibrary, settings: OrchestratorSettings, trust_anchors: str
+    ) -> None:
         self.media_library = media_library
         self.settings = settings
+        self.trust_anchors = trust_anchors
 
     def CreateUpload(
         self, request: media_pb2.CreateUploadRequest, context: grpc.ServicerContext
@@ -218,3 +224,34 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         record = self.media_library.get(current_tenant(), request.name)
         url, expires = self.media_library.url(record)
         return media_pb2.GetMediaUrlResponse(url=url, expire_time=_timestamp(expires))
+
+    def VerifyMedia(
+        self, request: media_pb2.VerifyMediaRequest, context: grpc.ServicerContext
+    ) -> media_pb2.VerifyMediaResponse:
+        record = self.media_library.get(current_tenant(), request.name)
+        with tempfile.TemporaryDirectory(prefix="remind-verify-") as work:
+            path = Path(work) / "media"
+            self.media_library.download(record, path)
+            verdict = verify_media(path, self.trust_anchors)
+        return verdict_to_proto(verdict)
+
+
+def verdict_to_proto(verdict: MediaVerdict) -> media_pb2.VerifyMediaResponse:
+    credentials = verdict.credentials
+    return media_pb2.VerifyMediaResponse(
+        credentials=media_pb2.ContentCredentials(
+            state=f"CREDENTIALS_STATE_{credentials.state}",
+            trusted=credentials.trusted,
+            signer=credentials.signer,
+            issuer=credentials.issuer,
+            generator=credentials.generator,
+            actions=credentials.actions,
+            digital_source_type=credentials.digital_source_type,
+            problems=credentials.problems,
+        ),
+        watermark=media_pb2.WatermarkCheck(
+            found=verdict.watermark.watermarked,
+            score=verdict.watermark.score,
+            frames=verdict.watermark.frames,
+        ),
+    )

@@ -4,6 +4,7 @@ Layout: templates bucket `builtin/{id}.gif` and `{tenant}/{id}.{ext}`;
 records bucket `builtin/templates/{id}.json` and `{tenant}/templates/{id}.json`.
 """
 
+import hashlib
 import logging
 import re
 import tempfile
@@ -42,6 +43,22 @@ class TemplateRecord:
     frame_count: int
     fps: float
     builtin: bool
+
+
+@dataclass(frozen=True)
+class LocalTemplate:
+    """A job's own copy of its template."""
+
+    record: TemplateRecord
+    path: Path
+    info: video.MediaInfo
+
+    def sha256(self) -> str:
+        with open(self.path, "rb") as template:
+            return hashlib.file_digest(template, "sha256").hexdigest()
+
+    def content_type(self) -> str:
+        return EXTENSIONS[self.record.kind][1]
 
 
 def template_id_of(name: str) -> str:
@@ -123,8 +140,12 @@ class TemplateLibrary:
                 return record
         raise errors.NotFound(f"Template {name} does not exist; list templates to see the names.")
 
-    def download(self, template: TemplateRecord, path: Path) -> None:
+    def local_copy(self, template: TemplateRecord, directory: Path) -> LocalTemplate:
+        """The template's file in `directory`, probed, for a job to read."""
+        extension, _ = EXTENSIONS[template.kind]
+        path = directory / f"template{extension}"
         self.store.download(template.bucket, template.key, path)
+        return LocalTemplate(template, path, video.probe(path))
 
     def create(
         self, tenant: str, media_name: str, template_id: str, display_name: str

@@ -29,7 +29,6 @@ from services.shared import errors, video, wire
 
 # Share of the progress bar each stage ends at.
 PREPARED, VOICE_EXTRACTED, FRAMES_DONE, ENCODED = 0.03, 0.2, 0.95, 0.97
-SYNTHETIC_MEDIA_TAG = "synthetic media: face and voice made by Re:Mind"
 # Vocals go to the lipsync service in chunks well under gRPC's message limit.
 AUDIO_CHUNK_FRAMES = 64 * 1024
 
@@ -74,9 +73,8 @@ class VideoJob:
         services = self.services
         with tempfile.TemporaryDirectory(prefix="remind-video-") as work:
             context.report(jobs_pb2.JOB_STAGE_PREPARING, 0.0)
-            template_path = Path(work) / "template.mp4"
-            services.templates.download(job_input.template, template_path)
-            info = video.probe(template_path)
+            local = services.templates.local_copy(job_input.template, Path(work))
+            info = local.info
 
             vocals = VocalsFile(Path(work) / "vocals.wav", info.duration_seconds)
             voice_engine = self._extract_voice(context, job_input, vocals)
@@ -93,12 +91,11 @@ class VideoJob:
             )
             result_path = Path(work) / "result.mp4"
             with video.Mp4Encoder(
-                result_path, info.width, info.height, info.fps, vocals.path, SYNTHETIC_MEDIA_TAG
+                result_path, info.width, info.height, info.fps, vocals.path
             ) as encoder:
                 rendered = render(
                     context,
-                    template_path,
-                    info,
+                    local,
                     pipeline,
                     encoder,
                     jobs_pb2.JOB_STAGE_SYNCING_LIPS,
@@ -109,7 +106,7 @@ class VideoJob:
                 )
             rendered.engines["voice"] = voice_engine
             return store_result(
-                context, services.media, result_path, "video/mp4", rendered, ENCODED
+                context, services, result_path, "video/mp4", local, rendered, ENCODED
             )
 
     def _extract_voice(

@@ -46,3 +46,8 @@ class EngineNotReady(RemindError):
 
 class Unauthenticated(RemindError):
     """No credentials, or credentials that match no tenant."""
+
+
+class Misconfigured(RemindError):
+    """A service's settings or files cannot work (a missing key, an invalid certificate):
+    raised at start-up, which stops the service with this message."""

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.shared.engine_catalog import EngineCatalog
+from services.shared.errors import Misconfigured
 from services.shared.grpc_status import StatusInterceptor
 from services.shared.observability import (
     MetricsInterceptor,
@@ -163,7 +164,11 @@ def serve(name: str, start: Callable[[], RunningServer]) -> None:
     """A service's main: JSON logs named `name`, the server started, then serving until
     SIGTERM or SIGINT, when it shuts down gracefully."""
     configure_logging(name)
-    running = start()
+    try:
+        running = start()
+    except Misconfigured as error:
+        log.critical("%s cannot start: %s", name, error)
+        raise SystemExit(f"{name} cannot start: {error}") from None
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

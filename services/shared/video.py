@@ -306,7 +306,7 @@ class Mp4Encoder(_FrameWriter):
     The video is as long as its frames: the audio is padded with silence or cut to fit.
     yuv420p and faststart, so that every phone and browser plays it while it downloads.
 
-        with Mp4Encoder(path, 640, 480, fps=25, audio=voice_wav, comment="...") as video:
+        with Mp4Encoder(path, 640, 480, fps=25, audio=voice_wav) as video:
             for frame in frames:
                 video.write(frame)
     """
@@ -320,11 +320,9 @@ class Mp4Encoder(_FrameWriter):
         height: int,
         fps: float,
         audio: Path | None = None,
-        comment: str = "",
     ) -> None:
         super().__init__(path, width, height, fps)
         self.audio = audio
-        self.comment = comment
 
     def _output_arguments(self) -> list[str]:
         audio = []
@@ -349,5 +347,5 @@ class Mp4Encoder(_FrameWriter):
             # H.264 in yuv420p needs even sides.
             "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
             "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart", "-metadata", f"comment={self.comment}", "-f", "mp4",
+            "-movflags", "+faststart", "-f", "mp4",
         ]  # fmt: skip
