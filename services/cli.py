@@ -193,6 +193,20 @@ def verify(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]) -
 
 
 @app.command()
+def token(
+    user: Annotated[str, typer.Option(help="The person's id (the token's subject)")],
+    minutes: Annotated[int, typer.Option(help="How long the token lasts")] = 60,
+) -> None:
+    """Print a token of the local stack's identity provider for a person of its tenant, as an
+    app would get from its own: `authorization: Bearer <token>`."""
+    stack = _stack()
+    if not stack.running():
+        console.print("The local stack is not running: `make up` first.")
+        raise typer.Exit(1)
+    print(stack.token(user, minutes * 60))
+
+
+@app.command()
 def templates() -> None:
     """List the templates."""
     with _api() as client:

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+from remind.v1 import account_service_pb2 as account_pb2
+from remind.v1 import account_service_pb2_grpc as account_grpc
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import job_service_pb2_grpc as jobs_grpc
 from remind.v1 import media_service_pb2 as media_pb2
@@ -16,22 +18,23 @@ from remind.v1 import template_service_pb2_grpc as templates_grpc
 UPLOAD_CHUNK_BYTES = 256 * 1024
 
 
-class _BearerKey(
+class _Credentials(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds `authorization: Bearer <api key>` to every call."""
+    """Adds the caller's credentials to every call: a person's token, or a server's API key
+    (and, optionally, the person it acts for)."""
 
-    def __init__(self, api_key: str) -> None:
-        self.header = ("authorization", f"Bearer {api_key}")
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
 
     def _with_key(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
         return _CallDetails(
             details.method,
             details.timeout,
-            [*(details.metadata or ()), self.header],
+            [*(details.metadata or ()), *self.headers],
             details.credentials,
             details.wait_for_ready,
             details.compression,
@@ -60,13 +63,19 @@ class _CallDetails(
 
 
 class RemindClient:
-    def __init__(self, address: str, api_key: str = "") -> None:
+    """`api_key`: a server's key (`subject`: the person it acts for); `token`: a person's."""
+
+    def __init__(self, address: str, api_key: str = "", token: str = "", subject: str = "") -> None:
         self.channel = grpc.insecure_channel(address)
-        if api_key:
-            self.channel = grpc.intercept_channel(self.channel, _BearerKey(api_key))
+        headers = [("x-api-key", api_key)] if api_key else []
+        headers += [("authorization", f"Bearer {token}")] if token else []
+        headers += [("x-remind-subject", subject)] if subject else []
+        if headers:
+            self.channel = grpc.intercept_channel(self.channel, _Credentials(headers))
         self.jobs = jobs_grpc.JobServiceStub(self.channel)
         self.templates = templates_grpc.TemplateServiceStub(self.channel)
         self.media = media_grpc.MediaServiceStub(self.channel)
+        self.account = account_grpc.AccountServiceStub(self.channel)
 
     def __enter__(self) -> "RemindClient":
         return self
@@ -126,6 +135,9 @@ class RemindClient:
             media_pb2.DownloadMediaRequest(name=media_name), timeout=300
         )
         return b"".join(response.chunk for response in responses)
+
+    def delete_my_data(self) -> account_pb2.DeleteMyDataResponse:
+        return self.account.DeleteMyData(account_pb2.DeleteMyDataRequest(), timeout=300)
 
     def verify(self, media_name: str) -> media_pb2.VerifyMediaResponse:
         request = media_pb2.VerifyMediaRequest(name=media_name)

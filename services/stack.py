@@ -23,6 +23,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from minio import Minio
 
+from services.local_issuer import (
+    AUDIENCE,
+    ISSUER,
+    TOKEN_SECONDS,
+    ensure_local_issuer,
+    issue_token,
+)
 from services.orchestrator.auth import key_digest
 from services.shared.signing_certificates import LocalCredentials, ensure_local_credentials
 
@@ -176,6 +183,14 @@ class LocalStack:
         (self.state_dir / "api-keys.json").write_text(json.dumps({"tenants": digests}))
         return stored
 
+    @property
+    def identity_dir(self) -> Path:
+        return self.state_dir / "identity"
+
+    def token(self, subject: str, seconds: int = TOKEN_SECONDS) -> str:
+        """A token of the stack's own issuer for a person of the local tenant."""
+        return issue_token(self.identity_dir, subject, seconds)
+
     def signing_credentials(self) -> LocalCredentials:
         """The local CA and Content Credentials signing certificate, owner-only in c2pa/."""
         return ensure_local_credentials(self.state_dir / "c2pa")
@@ -238,6 +253,8 @@ class LocalStack:
         base = self.base_port
         service_env = {**info.s3_env(), **self.extra_env}
         signing = self.signing_credentials()
+        # The stack's issuer signs people of its first tenant in.
+        identity = ensure_local_issuer(self.identity_dir, self.tenants[0])
 
         def service(name: str, **env: str) -> tuple[list[str], dict[str, str]]:
             port, metrics_port = SERVICE_PORTS[name]
@@ -260,10 +277,11 @@ class LocalStack:
                 REMIND_ORCHESTRATOR_LIPSYNC_ADDRESS=info.lipsync_address,
                 REMIND_ORCHESTRATOR_VOICE_ADDRESS=info.voice_address,
                 REMIND_ORCHESTRATOR_API_KEYS_FILE=str(self.state_dir / "api-keys.json"),
+                REMIND_ORCHESTRATOR_TOKEN_ISSUERS_FILE=str(identity.issuers),
                 REMIND_ORCHESTRATOR_C2PA_CERTIFICATE_FILE=str(signing.certificate_chain),
                 REMIND_ORCHESTRATOR_C2PA_PRIVATE_KEY_FILE=str(signing.private_key),
             ),
-            "edge": (self._edge_command(), {}),
+            "edge": (self._edge_command(identity.jwks), {}),
             "web": (
                 [
                     sys.executable,
@@ -279,12 +297,17 @@ class LocalStack:
             ),
         }
 
-    def _edge_command(self) -> list[str]:
-        """Envoy with the local edge config: gRPC-web + CORS in front of the orchestrator."""
+    def _edge_command(self, jwks: Path) -> list[str]:
+        """Envoy with the local edge config: gRPC-web, CORS and the token check in front of the
+        orchestrator."""
         config = self.state_dir / "envoy.yaml"
         config.write_text(
             string.Template(EDGE_CONFIG_TEMPLATE.read_text()).substitute(
-                LISTEN_PORT=self.base_port + EDGE, ORCHESTRATOR_PORT=self.base_port + ORCHESTRATOR
+                LISTEN_PORT=self.base_port + EDGE,
+                ORCHESTRATOR_PORT=self.base_port + ORCHESTRATOR,
+                TOKEN_ISSUER=ISSUER,
+                TOKEN_AUDIENCE=AUDIENCE,
+                JWKS_FILE=jwks,
             )
         )
         envoy = str(Path(sys.executable).parent / "envoy")

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import importlib
 import importlib.util
+import json
 import math
 import re
 import secrets
@@ -51,9 +52,10 @@ NAMESPACE = "remind"
 # The oldest Kubernetes we support (gRPC probes are GA from 1.27) and the newest schemas shipped.
 K8S_VERSIONS = ("1.30", latest_version())
 # What the orchestrator's Envoy routes must reach, and only that: the public API.
-PUBLIC_API = ("remind.v1.JobService", "remind.v1.TemplateService", "remind.v1.MediaService")
+PUBLIC_API = ("remind.v1.JobService", "remind.v1.TemplateService", "remind.v1.MediaService",
+              "remind.v1.AccountService")
 REQUIRED_CORS_HEADERS = {"content-type", "x-grpc-web", "x-user-agent", "grpc-timeout",
-                         "authorization"}
+                         "authorization", "x-api-key"}
 PLACEHOLDER_MARKERS = ("change-me", "example", "placeholder")
 
 
@@ -600,10 +602,19 @@ def envoy_binary() -> str:
 
 
 def render_local_envoy(directory: Path, listen_port: int, orchestrator_port: int) -> Path:
+    from services.local_issuer import AUDIENCE, ISSUER, ensure_local_issuer
+
     config = directory / "envoy.local.yaml"
     template = string.Template(ENVOY_LOCAL_TEMPLATE.read_text())
+    identity = ensure_local_issuer(directory / "identity", "local")
     config.write_text(
-        template.substitute(LISTEN_PORT=listen_port, ORCHESTRATOR_PORT=orchestrator_port)
+        template.substitute(
+            LISTEN_PORT=listen_port,
+            ORCHESTRATOR_PORT=orchestrator_port,
+            TOKEN_ISSUER=ISSUER,
+            TOKEN_AUDIENCE=AUDIENCE,
+            JWKS_FILE=identity.jwks,
+        )
     )
     return config
 
@@ -641,9 +652,22 @@ def http_connection_manager(config: dict[str, Any]) -> dict[str, Any]:
     return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
+def token_provider(config: dict[str, Any]) -> dict[str, Any]:
+    jwt_filter = next(f for f in http_connection_manager(config)["http_filters"]
+                      if f["name"] == "envoy.filters.http.jwt_authn")
+    return jwt_filter["typed_config"]["providers"]["people"]
+
+
 def without_addresses(config: dict[str, Any]) -> dict[str, Any]:
+    """The config less what differs by place: addresses, and the token issuer and its keys
+    (a file on the local stack, the identity provider's URL in production)."""
+    config = copy.deepcopy(config)
     (listener,) = config["static_resources"]["listeners"]
-    (cluster,) = config["static_resources"]["clusters"]
+    cluster = next(c for c in config["static_resources"]["clusters"]
+                   if c["name"] == "orchestrator")
+    provider = token_provider(config)
+    for place_bound in ("issuer", "audiences", "local_jwks", "remote_jwks"):
+        provider.pop(place_bound, None)
     return {
         "listener": {k: v for k, v in listener.items() if k != "address"},
         "cluster": {k: v for k, v in cluster.items()
@@ -657,8 +681,15 @@ def test_the_three_envoy_configs_differ_only_in_addresses(tmp_path: Path) -> Non
     assert without_addresses(configs["k8s"]) == without_addresses(configs["compose"])
     assert without_addresses(configs["local"]) == without_addresses(configs["compose"])
 
+    assert "local_jwks" in token_provider(configs["local"])
+    for production in ("compose", "k8s"):
+        jwks = token_provider(configs[production])["remote_jwks"]["http_uri"]
+        clusters = {c["name"] for c in configs[production]["static_resources"]["clusters"]}
+        assert jwks["cluster"] in clusters
+
     def upstream(config: dict[str, Any]) -> dict[str, Any]:
-        (cluster,) = config["static_resources"]["clusters"]
+        cluster = next(c for c in config["static_resources"]["clusters"]
+                       if c["name"] == "orchestrator")
         return cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
             "address"]["socket_address"]
 
@@ -687,7 +718,8 @@ def test_the_envoy_edge_keeps_long_grpc_web_streams_alive() -> None:
     prefixes = {r["match"].get("prefix", r["match"].get("path")) for r in host["routes"]}
     assert {f"/{service}/" for service in PUBLIC_API} <= prefixes
     assert not any("FaceSwap" in p or "LipSync" in p or "Voice" in p for p in prefixes)
-    (cluster,) = config["static_resources"]["clusters"]
+    cluster = next(c for c in config["static_resources"]["clusters"]
+                   if c["name"] == "orchestrator")
     options = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert "http2_protocol_options" in options["explicit_http_config"]
@@ -866,3 +898,27 @@ def test_the_api_keys_placeholders_load_as_the_orchestrator_reads_them(tmp_path:
     secret = compose()["services"]["orchestrator"]["secrets"][0]
     assert compose()["services"]["orchestrator"]["environment"][
         "REMIND_ORCHESTRATOR_API_KEYS_FILE"] == f"/run/secrets/{secret['target']}"
+
+
+def test_the_token_issuers_load_as_the_orchestrator_reads_them(tmp_path: Path) -> None:
+    from services.orchestrator.auth import TokenIssuers
+
+    in_cluster = tmp_path / "token-issuers.json"
+    in_cluster.write_text(
+        k8s_objects("ConfigMap")["remind-token-issuers"]["data"]["token-issuers.json"]
+    )
+    for path in (DEPLOY / "token-issuers.example.json", in_cluster):
+        assert TokenIssuers.from_file(path)
+    settings = container_env(main_container("orchestrator"))
+    mount = next(m for m in main_container("orchestrator")["volumeMounts"]
+                 if m["name"] == "token-issuers")
+    assert settings["REMIND_ORCHESTRATOR_TOKEN_ISSUERS_FILE"] == (
+        f"{mount['mountPath']}/token-issuers.json"
+    )
+    orchestrator = compose()["services"]["orchestrator"]
+    (config,) = orchestrator["configs"]
+    assert orchestrator["environment"]["REMIND_ORCHESTRATOR_TOKEN_ISSUERS_FILE"] == config["target"]
+    edge = token_provider(yaml.safe_load(ENVOY_COMPOSE.read_text()))
+    issuer = json.loads((DEPLOY / "token-issuers.example.json").read_text())["issuers"][0]
+    assert (edge["issuer"], edge["audiences"]) == (issuer["issuer"], [issuer["audience"]])
+    assert edge["remote_jwks"]["http_uri"]["uri"] == issuer["jwks_url"]

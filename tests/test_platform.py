@@ -33,7 +33,7 @@ def _grpcurl(*args: str) -> str:
 
 
 def _bearer(stack_info: StackInfo) -> list[str]:
-    return ["-H", f"authorization: Bearer {stack_info.api_keys['local']}"]
+    return ["-H", f"x-api-key: {stack_info.api_keys['local']}"]
 
 
 # What each server serves, by the full names its health and reflection services report.

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from services.shared import images
-from services.stack import StackInfo
+from services.stack import LocalStack, StackInfo
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -31,17 +31,18 @@ def browser_page(tmp_path: Path):
             context.close()
 
 
-def _open(page, info: StackInfo, api_key: str) -> None:
-    page.goto(f"{info.web_url}/index.html?api={info.edge_url}&key={api_key}")
+def _open(page, info: StackInfo, token: str) -> None:
+    page.goto(f"{info.web_url}/index.html?api={info.edge_url}&token={token}")
 
 
 def test_web_client_makes_a_gif_over_grpc_web(
-    browser_page, stack_info: StackInfo, user_photo, tmp_path: Path
+    browser_page, stack: LocalStack, stack_info: StackInfo, user_photo, tmp_path: Path
 ):
     page = browser_page
     photo = tmp_path / "me.png"
     photo.write_bytes(images.encode_image(user_photo, "png"))
-    _open(page, stack_info, stack_info.api_keys["local"])
+    _open(page, stack_info, stack.token("web-user"))
+    assert page.text_content("#account") == "Signed in as web-user."
     page.wait_for_function("document.querySelectorAll('#template option').length >= 3")
     page.set_input_files("#photo", str(photo))
     page.click("#start")
@@ -57,9 +58,11 @@ def test_web_client_makes_a_gif_over_grpc_web(
     page.screenshot(path=str(tmp_path / "web-client.png"))
 
 
-def test_web_client_shows_a_bad_key_as_unauthenticated(browser_page, stack_info: StackInfo):
+def test_web_client_shows_an_expired_token_as_unauthenticated(
+    browser_page, stack: LocalStack, stack_info: StackInfo
+):
     page = browser_page
-    _open(page, stack_info, "rmk_wrong")
+    _open(page, stack_info, stack.token("web-user", seconds=-120))
     page.wait_for_selector("#status.error")
     assert "UNAUTHENTICATED" in page.text_content("#status")
-    assert "not valid" in page.text_content("#status")
+    assert "expired" in page.text_content("#status").lower()

@@ -15,9 +15,11 @@ class OrchestratorSettings(ServerSettings):
     templates_bucket: str = "remind-templates"
     results_bucket: str = "remind-results"
     records_bucket: str = "remind-records"
-    # JSON file of API key digests per tenant (see auth.py). Empty: auth off, and every
-    # caller is `open_tenant` (a developer's own machine only).
+    # JSON file of API key digests per tenant, and JSON file of the token issuers whose users
+    # are people of a tenant (see auth.py). Both empty: auth off, and every caller is
+    # `open_tenant` (a developer's own machine only).
     api_keys_file: str = ""
+    token_issuers_file: str = ""
     open_tenant: str = "local"
     max_upload_bytes: int = 50 * 1024 * 1024
     max_chunk_bytes: int = 1024 * 1024

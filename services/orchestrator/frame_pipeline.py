@@ -190,7 +190,7 @@ def store_result(
         template.record.name, template.content_type(), template.sha256(), rendered.engines
     )
     results.signer.sign(encoded, signed, content_type, provenance)
-    stored = results.media.add_result(context.tenant, context.job_id, signed, content_type)
+    stored = results.media.add_result(context.scope, context.job_id, signed, content_type)
     return jobs_pb2.JobResult(
         media=stored.name,
         content_type=stored.content_type,

@@ -11,6 +11,7 @@ from pathlib import Path
 from remind.v1 import faceswap_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 
+from services.orchestrator.auth import Owner
 from services.orchestrator.frame_pipeline import FramePipeline, render, store_result
 from services.orchestrator.job_types import AdmittedJob, JobServices
 from services.orchestrator.jobs import JobContext
@@ -25,12 +26,14 @@ class GifJob:
     def __init__(self, services: JobServices) -> None:
         self.services = services
 
-    def admit(self, tenant: str, request: jobs_pb2.CreateGifJobRequest) -> AdmittedJob:
+    def admit(self, owner: Owner, request: jobs_pb2.CreateGifJobRequest) -> AdmittedJob:
         services = self.services
         wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
         wire.require(bool(request.template), "template is required, e.g. templates/astronaut-sway.")
-        template = services.templates.get(tenant, request.template, kind=GIF)
-        identity = services.prepare_identity(tenant, request.face_media, request.faceswap_engine)
+        template = services.templates.get(owner, request.template, kind=GIF)
+        identity = services.prepare_identity(
+            owner.scope, request.face_media, request.faceswap_engine
+        )
         job = jobs_pb2.Job(
             kind=jobs_pb2.JOB_KIND_GIF, face_media=request.face_media, template=template.name
         )

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from remind.v1 import faceswap_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 
+from services.orchestrator.auth import Owner
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.frame_pipeline import RetryPolicy
 from services.orchestrator.jobs import JobWork
@@ -34,11 +35,11 @@ class JobServices:
     settings: OrchestratorSettings
 
     def prepare_identity(
-        self, tenant: str, face_media: str, engine: str
+        self, scope: str, face_media: str, engine: str
     ) -> faceswap_pb2.FaceIdentity:
         """The face in an uploaded photo, ready for the faceswap streams; refuses a photo
         without a usable face (FAILED_PRECONDITION) before any work is queued."""
-        record = self.media.get(tenant, face_media)
+        record = self.media.get(scope, face_media)
         photo = self.media.read_bytes(record, self.settings.max_upload_bytes)
         return self.faceswap.prepare_identity(photo, engine)
 
@@ -50,6 +51,6 @@ class AdmittedJob:
 
 
 class JobType(Protocol):
-    def admit(self, tenant: str, request: Any) -> AdmittedJob:
+    def admit(self, owner: Owner, request: Any) -> AdmittedJob:
         """Checks a Create request and prepares what the job needs; raises domain errors."""
         ...

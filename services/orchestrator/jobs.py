@@ -4,6 +4,7 @@ The job record in the store is the truth that survives restarts; the in-memory b
 what only a running process has (the cancel switch, watchers waiting for the next change).
 """
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -30,6 +31,8 @@ TERMINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JO
 WATCH_POLL_SECONDS = 1.0
 MAX_ENDED_IN_MEMORY = 500
 QUEUE_FULL_RETRY_SECONDS = 30
+# How long deleting a person's data waits for their running jobs to stop.
+STOP_TIMEOUT_SECONDS = 60.0
 # How long an ended job's record is retried while the store is unreachable.
 RECORD_RETRY_SECONDS = 600.0
 
@@ -64,7 +67,7 @@ def _is_page_token(token: str, prefix: str) -> bool:
 
 @dataclass
 class _LiveJob:
-    tenant: str
+    scope: str
     job: jobs_pb2.Job
     cancel: threading.Event = field(default_factory=threading.Event)
     version: int = 0
@@ -78,7 +81,7 @@ class JobContext:
     def __init__(self, board: "JobBoard", live: _LiveJob) -> None:
         self._board = board
         self._live = live
-        self.tenant = live.tenant
+        self.scope = live.scope
         self.job_id = live.job.name[len(JOB_PREFIX) :]
         self._stage: jobs_pb2.JobStage = jobs_pb2.JOB_STAGE_UNSPECIFIED
         self._stage_started = time.monotonic()
@@ -137,8 +140,8 @@ class JobBoard:
         self._pending = 0
         self._stopping = threading.Event()
 
-    def _record_key(self, tenant: str, job_id: str) -> str:
-        return f"{tenant}/jobs/{job_id}.json"
+    def _record_key(self, scope: str, job_id: str) -> str:
+        return f"{scope}/jobs/{job_id}.json"
 
     def _persist(self, live: _LiveJob) -> None:
         job = jobs_pb2.Job()
@@ -146,8 +149,8 @@ class JobBoard:
         job.result.download_url = ""  # presigned URLs expire; they are made fresh on each read
         self.store.put_record(
             self.settings.records_bucket,
-            self._record_key(live.tenant, live.job.name[len(JOB_PREFIX) :]),
-            {"tenant": live.tenant, "job": json_format.MessageToDict(job)},
+            self._record_key(live.scope, live.job.name[len(JOB_PREFIX) :]),
+            {"scope": live.scope, "job": json_format.MessageToDict(job)},
         )
         live.persisted_at = time.monotonic()
 
@@ -186,7 +189,7 @@ class JobBoard:
 
         threading.Thread(target=retry, daemon=True, name="record-retry").start()
 
-    def submit(self, tenant: str, job: jobs_pb2.Job, work: JobWork) -> jobs_pb2.Job:
+    def submit(self, scope: str, job: jobs_pb2.Job, work: JobWork) -> jobs_pb2.Job:
         """Queues a job; refuses with RESOURCE_EXHAUSTED when too much work is pending."""
         with self._changed:
             if self._pending >= self.settings.max_pending_jobs:
@@ -202,7 +205,7 @@ class JobBoard:
         job.progress.stage = jobs_pb2.JOB_STAGE_QUEUED
         job.create_time.GetCurrentTime()
         job.update_time.CopyFrom(job.create_time)
-        live = _LiveJob(tenant, job)
+        live = _LiveJob(scope, job)
         try:
             self._persist(live)
         except errors.RemindError:
@@ -211,7 +214,7 @@ class JobBoard:
                 JOBS_PENDING.set(self._pending)
             raise
         with self._changed:
-            self._live[self._key(tenant, job.name)] = live
+            self._live[self._key(scope, job.name)] = live
         live.future = self._pool.submit(self._run, live, work)
         return self.snapshot(live)
 
@@ -271,33 +274,33 @@ class JobBoard:
             copy.CopyFrom(live.job)
             return copy
 
-    def _key(self, tenant: str, name: str) -> str:
-        return f"{tenant}/{name}"
+    def _key(self, scope: str, name: str) -> str:
+        return f"{scope}/{name}"
 
-    def _load(self, tenant: str, job_id: str) -> jobs_pb2.Job:
+    def _load(self, scope: str, job_id: str) -> jobs_pb2.Job:
         try:
             record = self.store.get_record(
-                self.settings.records_bucket, self._record_key(tenant, job_id)
+                self.settings.records_bucket, self._record_key(scope, job_id)
             )
         except errors.NotFound:
             raise errors.NotFound(f"Job jobs/{job_id} does not exist.") from None
         return json_format.ParseDict(record["job"], jobs_pb2.Job())
 
-    def get(self, tenant: str, name: str) -> jobs_pb2.Job:
+    def get(self, scope: str, name: str) -> jobs_pb2.Job:
         job_id = job_id_of(name)
         with self._changed:
-            live = self._live.get(self._key(tenant, name))
-        return self.snapshot(live) if live else self._load(tenant, job_id)
+            live = self._live.get(self._key(scope, name))
+        return self.snapshot(live) if live else self._load(scope, job_id)
 
     def watch(
-        self, tenant: str, name: str, is_active: Callable[[], bool]
+        self, scope: str, name: str, is_active: Callable[[], bool]
     ) -> Iterator[jobs_pb2.Job]:
         """Yields the job now and after every change, until it ends or the caller leaves."""
         job_id_of(name)
         with self._changed:
-            live = self._live.get(self._key(tenant, name))
+            live = self._live.get(self._key(scope, name))
         if live is None:
-            yield self.get(tenant, name)
+            yield self.get(scope, name)
             return
         seen = -1
         while is_active():
@@ -311,14 +314,14 @@ class JobBoard:
             if job.state in TERMINAL:
                 return
 
-    def cancel(self, tenant: str, name: str) -> jobs_pb2.Job:
-        job = self.get(tenant, name)
+    def cancel(self, scope: str, name: str) -> jobs_pb2.Job:
+        job = self.get(scope, name)
         if job.state in TERMINAL:
             raise errors.FailedPrecondition(
                 f"Job {name} already ended ({jobs_pb2.JobState.Name(job.state)})."
             )
         with self._changed:
-            live = self._live.get(self._key(tenant, name))
+            live = self._live.get(self._key(scope, name))
         if live is None:
             return job
         live.cancel.set()
@@ -330,11 +333,45 @@ class JobBoard:
             self._update(live, lambda job: setattr(job, "state", jobs_pb2.JOB_STATE_CANCELLED))
         return self.snapshot(live)
 
-    def list(self, tenant: str, page_size: int, page_token: str) -> tuple[list[jobs_pb2.Job], str]:
+    def delete(self, scope: str, name: str) -> jobs_pb2.Job:
+        """Removes an ended job's record (its result is the caller's to remove); returns it."""
+        job = self.get(scope, name)
+        if job.state not in TERMINAL:
+            raise errors.FailedPrecondition(
+                f"Job {name} has not ended: cancel it first, then delete it."
+            )
+        self.store.delete(self.settings.records_bucket, self._record_key(scope, job_id_of(name)))
+        with self._changed:
+            self._live.pop(self._key(scope, name), None)
+        return job
+
+    def end_all(self, scope: str, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Cancels every job of the scope that has not ended, and waits until each has."""
+        with self._changed:
+            running = [
+                live
+                for key, live in self._live.items()
+                if key.startswith(f"{scope}/") and live.job.state not in TERMINAL
+            ]
+        for live in running:
+            self.cancel(scope, live.job.name)
+        futures = [live.future for live in running if live.future is not None]
+        concurrent.futures.wait(futures, timeout=timeout)
+
+    def record_count(self, scope: str) -> int:
+        return len(self.store.list_keys(self.settings.records_bucket, f"{scope}/jobs/"))
+
+    def forget(self, scope: str) -> None:
+        """Drops the scope's jobs from memory (their records are gone from storage)."""
+        with self._changed:
+            for key in [key for key in self._live if key.startswith(f"{scope}/")]:
+                del self._live[key]
+
+    def list(self, scope: str, page_size: int, page_token: str) -> tuple[list[jobs_pb2.Job], str]:
         if page_size < 0:
             raise errors.InvalidInput(f"page_size must not be negative, got {page_size}.")
         page_size = min(page_size or 50, 200)
-        prefix = f"{tenant}/jobs/"
+        prefix = f"{scope}/jobs/"
         if page_token and not _is_page_token(page_token, prefix):
             raise errors.InvalidInput(
                 "page_token is not one this server returned: list again without it."
@@ -344,7 +381,7 @@ class JobBoard:
             keys = [key for key in keys if key < page_token]
         page = keys[:page_size]
         jobs = [
-            self.get(tenant, JOB_PREFIX + key.rsplit("/", 1)[1].removesuffix(".json"))
+            self.get(scope, JOB_PREFIX + key.rsplit("/", 1)[1].removesuffix(".json"))
             for key in page
         ]
         next_token = page[-1] if len(keys) > page_size else ""
@@ -360,7 +397,8 @@ class JobBoard:
             job = json_format.ParseDict(record["job"], jobs_pb2.Job())
             if job.state in TERMINAL:
                 continue
-            live = _LiveJob(record["tenant"], job)
+            # Records of releases before people had scopes name their tenant.
+            live = _LiveJob(record.get("scope") or record["tenant"], job)
             self._fail(live, 14, "The job was interrupted by a server restart; submit it again.")
             failed += 1
         return failed

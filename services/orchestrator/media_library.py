@@ -1,11 +1,11 @@
 """Uploaded inputs and produced results, as media records in the store.
 
-Layout (every key starts with the tenant):
-  uploads bucket   {tenant}/parts/{upload_id}/{offset:012d}   unary chunks, in order
-                   {tenant}/put/{upload_id}                    target of the presigned PUT
-                   {tenant}/media/{media_id}/{filename}        finished uploads
-  results bucket   {tenant}/{job_id}/{media_id}.{ext}         results (written by jobs)
-  records bucket   {tenant}/uploads/{upload_id}.json, {tenant}/media/{media_id}.json
+Layout (every key starts with its owner's scope: a tenant, or `{tenant}/people/{id}`):
+  uploads bucket   {scope}/parts/{upload_id}/{offset:012d}   unary chunks, in order
+                   {scope}/put/{upload_id}                    target of the presigned PUT
+                   {scope}/media/{media_id}/{filename}        finished uploads
+  results bucket   {scope}/{job_id}/{media_id}.{ext}         results (written by jobs)
+  records bucket   {scope}/uploads/{upload_id}.json, {scope}/media/{media_id}.json
 """
 
 import datetime
@@ -89,7 +89,7 @@ class MediaLibrary:
     # Uploads by unary chunks or presigned PUT.
 
     def create_upload(
-        self, tenant: str, content_type: str, filename: str, declared_bytes: int
+        self, scope: str, content_type: str, filename: str, declared_bytes: int
     ) -> tuple[str, str, datetime.datetime]:
         self._check_size(declared_bytes)
         upload_id = uuid.uuid4().hex
@@ -100,17 +100,17 @@ class MediaLibrary:
             "create_time": now_iso(),
         }
         self.store.put_record(
-            self.settings.records_bucket, f"{tenant}/uploads/{upload_id}.json", record
+            self.settings.records_bucket, f"{scope}/uploads/{upload_id}.json", record
         )
         ttl = datetime.timedelta(seconds=self.settings.presigned_url_seconds)
         put_url = self.store.presigned_put(
-            self.settings.uploads_bucket, f"{tenant}/put/{upload_id}", ttl
+            self.settings.uploads_bucket, f"{scope}/put/{upload_id}", ttl
         )
         return UPLOAD_PREFIX + upload_id, put_url, datetime.datetime.now(datetime.UTC) + ttl
 
-    def append_upload(self, tenant: str, upload: str, offset: int, data: bytes) -> int:
+    def append_upload(self, scope: str, upload: str, offset: int, data: bytes) -> int:
         upload_id = _id_from(upload, UPLOAD_PREFIX, "Upload")
-        record = self._upload_record(tenant, upload_id)
+        record = self._upload_record(scope, upload_id)
         received = int(record["received_bytes"])
         if offset != received:
             raise errors.FailedPrecondition(
@@ -124,25 +124,25 @@ class MediaLibrary:
         self._check_size(received + len(data))
         self.store.put_new(
             self.settings.uploads_bucket,
-            f"{tenant}/parts/{upload_id}/{offset:012d}",
+            f"{scope}/parts/{upload_id}/{offset:012d}",
             io.BytesIO(data),
             len(data),
         )
         record["received_bytes"] = received + len(data)
         self.store.put_record(
-            self.settings.records_bucket, f"{tenant}/uploads/{upload_id}.json", record
+            self.settings.records_bucket, f"{scope}/uploads/{upload_id}.json", record
         )
         return record["received_bytes"]
 
-    def finish_upload(self, tenant: str, upload: str) -> MediaRecord:
+    def finish_upload(self, scope: str, upload: str) -> MediaRecord:
         upload_id = _id_from(upload, UPLOAD_PREFIX, "Upload")
-        record = self._upload_record(tenant, upload_id)
+        record = self._upload_record(scope, upload_id)
         bucket = self.settings.uploads_bucket
-        part_keys = sorted(self.store.list_keys(bucket, f"{tenant}/parts/{upload_id}/"))
-        put_key = f"{tenant}/put/{upload_id}"
+        part_keys = sorted(self.store.list_keys(bucket, f"{scope}/parts/{upload_id}/"))
+        put_key = f"{scope}/put/{upload_id}"
         if part_keys:
             chunks = (chunk for key in part_keys for chunk in self.store.iter_chunks(bucket, key))
-            media = self._store_media(tenant, chunks, record["content_type"], record["filename"])
+            media = self._store_media(scope, chunks, record["content_type"], record["filename"])
             for key in part_keys:
                 self.store.delete(bucket, key)
         elif self.store.exists(bucket, put_key):
@@ -151,7 +151,7 @@ class MediaLibrary:
                 self.store.delete(bucket, put_key)
                 self._check_size(size)
             media = self._store_media(
-                tenant,
+                scope,
                 self.store.iter_chunks(bucket, put_key),
                 record["content_type"],
                 record["filename"],
@@ -161,21 +161,21 @@ class MediaLibrary:
             raise errors.FailedPrecondition(
                 f"Upload {upload} has no data yet: append chunks or PUT to its URL first."
             )
-        self.store.delete(self.settings.records_bucket, f"{tenant}/uploads/{upload_id}.json")
+        self.store.delete(self.settings.records_bucket, f"{scope}/uploads/{upload_id}.json")
         return media
 
     # Uploads by client stream, and results produced by jobs.
 
     def upload_stream(
-        self, tenant: str, content_type: str, filename: str, chunks: Iterator[bytes]
+        self, scope: str, content_type: str, filename: str, chunks: Iterator[bytes]
     ) -> MediaRecord:
         return self._store_media(
-            tenant, self._limited(chunks), content_type, _safe_filename(filename)
+            scope, self._limited(chunks), content_type, _safe_filename(filename)
         )
 
-    def add_result(self, tenant: str, job_id: str, path: Path, content_type: str) -> MediaRecord:
+    def add_result(self, scope: str, job_id: str, path: Path, content_type: str) -> MediaRecord:
         media_id = uuid.uuid4().hex
-        key = f"{tenant}/{job_id}/{media_id}{path.suffix}"
+        key = f"{scope}/{job_id}/{media_id}{path.suffix}"
         self.store.put_new_file(self.settings.results_bucket, key, path, content_type)
         with open(path, "rb") as result:
             digest = hashlib.file_digest(result, "sha256").hexdigest()
@@ -189,20 +189,45 @@ class MediaLibrary:
             path.name,
             now_iso(),
         )
-        self._put_media_record(tenant, media_id, media)
+        self._put_media_record(scope, media_id, media)
         return media
 
     # Reading.
 
-    def get(self, tenant: str, name: str) -> MediaRecord:
+    def get(self, scope: str, name: str) -> MediaRecord:
         media_id = _id_from(name, MEDIA_PREFIX, "Media")
         try:
             record = self.store.get_record(
-                self.settings.records_bucket, f"{tenant}/media/{media_id}.json"
+                self.settings.records_bucket, f"{scope}/media/{media_id}.json"
             )
         except errors.NotFound:
             raise errors.NotFound(f"Media {name} does not exist.") from None
         return MediaRecord(**record)
+
+    def delete(self, scope: str, name: str) -> None:
+        """Removes the media's bytes, then its record: nothing of it stays in storage."""
+        media = self.get(scope, name)
+        self.store.delete(media.bucket, media.key)
+        self.store.delete(
+            self.settings.records_bucket, f"{scope}/media/{media.name[len(MEDIA_PREFIX) :]}.json"
+        )
+
+    def delete_scope(self, scope: str) -> int:
+        """Removes every object of an owner's scope from every bucket; returns how many.
+
+        Records go last, so that a deletion cut short can be run again and finds them."""
+        deleted = 0
+        buckets = (
+            self.settings.uploads_bucket,
+            self.settings.results_bucket,
+            self.settings.templates_bucket,
+            self.settings.records_bucket,
+        )
+        for bucket in buckets:
+            for key in self.store.list_keys(bucket, f"{scope}/"):
+                self.store.delete(bucket, key)
+                deleted += 1
+        return deleted
 
     def read_chunks(self, media: MediaRecord) -> Iterator[bytes]:
         return self.store.iter_chunks(media.bucket, media.key)
@@ -240,10 +265,10 @@ class MediaLibrary:
             self._check_size(total)
             yield chunk
 
-    def _upload_record(self, tenant: str, upload_id: str) -> dict:
+    def _upload_record(self, scope: str, upload_id: str) -> dict:
         try:
             return self.store.get_record(
-                self.settings.records_bucket, f"{tenant}/uploads/{upload_id}.json"
+                self.settings.records_bucket, f"{scope}/uploads/{upload_id}.json"
             )
         except errors.NotFound:
             raise errors.NotFound(
@@ -251,10 +276,10 @@ class MediaLibrary:
             ) from None
 
     def _store_media(
-        self, tenant: str, chunks: Iterable[bytes], content_type: str, filename: str
+        self, scope: str, chunks: Iterable[bytes], content_type: str, filename: str
     ) -> MediaRecord:
         media_id = uuid.uuid4().hex
-        key = f"{tenant}/media/{media_id}/{filename}"
+        key = f"{scope}/media/{media_id}/{filename}"
         reader = _ChunkReader(chunks)
         self.store.put_new(
             self.settings.uploads_bucket,
@@ -276,10 +301,10 @@ class MediaLibrary:
             filename,
             now_iso(),
         )
-        self._put_media_record(tenant, media_id, media)
+        self._put_media_record(scope, media_id, media)
         return media
 
-    def _put_media_record(self, tenant: str, media_id: str, media: MediaRecord) -> None:
+    def _put_media_record(self, scope: str, media_id: str, media: MediaRecord) -> None:
         self.store.put_record(
-            self.settings.records_bucket, f"{tenant}/media/{media_id}.json", asdict(media)
+            self.settings.records_bucket, f"{scope}/media/{media_id}.json", asdict(media)
         )

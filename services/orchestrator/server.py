@@ -3,6 +3,8 @@
 import logging
 from pathlib import Path
 
+from remind.v1 import account_service_pb2 as account_pb2
+from remind.v1 import account_service_pb2_grpc as account_grpc
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import job_service_pb2_grpc as jobs_grpc
 from remind.v1 import media_service_pb2 as media_pb2
@@ -10,15 +12,21 @@ from remind.v1 import media_service_pb2_grpc as media_grpc
 from remind.v1 import template_service_pb2 as templates_pb2
 from remind.v1 import template_service_pb2_grpc as templates_grpc
 
-from services.orchestrator.auth import ApiKeys, AuthInterceptor
+from services.orchestrator.auth import ApiKeys, AuthInterceptor, TokenIssuers
 from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.erasure import Erasure
 from services.orchestrator.frame_pipeline import RetryPolicy
 from services.orchestrator.gif_job import GifJob
 from services.orchestrator.job_types import JobServices, JobType
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary
 from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
-from services.orchestrator.servicer import JobServicer, MediaServicer, TemplateServicer
+from services.orchestrator.servicer import (
+    AccountServicer,
+    JobServicer,
+    MediaServicer,
+    TemplateServicer,
+)
 from services.orchestrator.template_library import TemplateLibrary
 from services.orchestrator.video_job import VideoJob
 from services.shared.content_credentials import ContentSigner
@@ -38,6 +46,7 @@ def trust_anchors(settings: OrchestratorSettings, signer: ContentSigner) -> str:
 JOB_SERVICE = GrpcService.of(jobs_grpc, jobs_pb2, "JobService")
 TEMPLATE_SERVICE = GrpcService.of(templates_grpc, templates_pb2, "TemplateService")
 MEDIA_SERVICE = GrpcService.of(media_grpc, media_pb2, "MediaService")
+ACCOUNT_SERVICE = GrpcService.of(account_grpc, account_pb2, "AccountService")
 
 
 def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
@@ -74,13 +83,22 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
         jobs_pb2.JOB_KIND_VIDEO: VideoJob(services),
     }
 
+    erasure = Erasure(board, media_library)
+    anchors = trust_anchors(settings, signer)
     servicers = [
-        (JobServicer(board, media_library, job_types), JOB_SERVICE),
+        (JobServicer(board, media_library, job_types, erasure), JOB_SERVICE),
         (TemplateServicer(templates), TEMPLATE_SERVICE),
-        (MediaServicer(media_library, settings, trust_anchors(settings, signer)), MEDIA_SERVICE),
+        (MediaServicer(media_library, settings, anchors, erasure), MEDIA_SERVICE),
+        (AccountServicer(erasure), ACCOUNT_SERVICE),
     ]
     keys = ApiKeys.from_file(Path(settings.api_keys_file)) if settings.api_keys_file else None
-    running = start_server(settings, servicers, [AuthInterceptor(keys, settings.open_tenant)])
+    issuers = (
+        TokenIssuers.from_file(Path(settings.token_issuers_file))
+        if settings.token_issuers_file
+        else None
+    )
+    auth = AuthInterceptor(keys, issuers, settings.open_tenant)
+    running = start_server(settings, servicers, [auth])
     running.on_stop.extend([board.shutdown, faceswap.close, lipsync.close, voice.close])
     return running
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
+from remind.v1 import account_service_pb2 as account_pb2
+from remind.v1 import account_service_pb2_grpc as account_grpc
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import job_service_pb2_grpc as jobs_grpc
 from remind.v1 import media_service_pb2 as media_pb2
@@ -15,13 +17,14 @@ from remind.v1 import media_service_pb2_grpc as media_grpc
 from remind.v1 import template_service_pb2 as templates_pb2
 from remind.v1 import template_service_pb2_grpc as templates_grpc
 
-from services.orchestrator.auth import current_tenant
+from services.orchestrator.auth import current_owner
 from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.erasure import Erasure
 from services.orchestrator.job_types import JobType
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary, MediaRecord
 from services.orchestrator.template_library import GIF, VIDEO, TemplateLibrary, TemplateRecord
-from services.shared import wire
+from services.shared import errors, wire
 from services.shared.provenance import MediaVerdict, verify_media
 
 KIND_NAMES = {templates_pb2.TEMPLATE_KIND_GIF: GIF, templates_pb2.TEMPLATE_KIND_VIDEO: VIDEO}
@@ -65,22 +68,30 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     """Create calls admit a job through its type in `job_types`, then queue it on the board."""
 
     def __init__(
-        self, board: JobBoard, media_library: MediaLibrary, job_types: dict[int, JobType]
+        self,
+        board: JobBoard,
+        media_library: MediaLibrary,
+        job_types: dict[int, JobType],
+        erasure: Erasure,
     ) -> None:
         self.board = board
         self.media_library = media_library
         self.job_types = job_types
+        self.erasure = erasure
 
-    def _with_url(self, tenant: str, job: jobs_pb2.Job) -> jobs_pb2.Job:
+    def _with_url(self, scope: str, job: jobs_pb2.Job) -> jobs_pb2.Job:
         if job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.result.media:
-            url, _ = self.media_library.url(self.media_library.get(tenant, job.result.media))
-            job.result.download_url = url
+            try:
+                result = self.media_library.get(scope, job.result.media)
+            except errors.NotFound:
+                return job  # the person deleted the result and kept the job
+            job.result.download_url, _ = self.media_library.url(result)
         return job
 
     def _create(self, kind: int, request: Any) -> jobs_pb2.Job:
-        tenant = current_tenant()
-        admitted = self.job_types[kind].admit(tenant, request)
-        return self.board.submit(tenant, admitted.job, admitted.work)
+        owner = current_owner()
+        admitted = self.job_types[kind].admit(owner, request)
+        return self.board.submit(owner.scope, admitted.job, admitted.work)
 
     def CreateGifJob(
         self, request: jobs_pb2.CreateGifJobRequest, context: grpc.ServicerContext
@@ -95,30 +106,36 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
-        tenant = current_tenant()
+        scope = current_owner().scope
         return jobs_pb2.GetJobResponse(
-            job=self._with_url(tenant, self.board.get(tenant, request.name))
+            job=self._with_url(scope, self.board.get(scope, request.name))
         )
 
     def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[jobs_pb2.WatchJobResponse]:
-        tenant = current_tenant()
-        for job in self.board.watch(tenant, request.name, context.is_active):
-            yield jobs_pb2.WatchJobResponse(job=self._with_url(tenant, job))
+        scope = current_owner().scope
+        for job in self.board.watch(scope, request.name, context.is_active):
+            yield jobs_pb2.WatchJobResponse(job=self._with_url(scope, job))
 
     def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
-        tenant = current_tenant()
-        return jobs_pb2.CancelJobResponse(job=self.board.cancel(tenant, request.name))
+        scope = current_owner().scope
+        return jobs_pb2.CancelJobResponse(job=self.board.cancel(scope, request.name))
 
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        tenant = current_tenant()
-        jobs, next_token = self.board.list(tenant, request.page_size, request.page_token)
+        scope = current_owner().scope
+        jobs, next_token = self.board.list(scope, request.page_size, request.page_token)
         return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=next_token)
+
+    def DeleteJob(
+        self, request: jobs_pb2.DeleteJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.DeleteJobResponse:
+        self.erasure.delete_job(current_owner().scope, request.name)
+        return jobs_pb2.DeleteJobResponse()
 
 
 class TemplateServicer(templates_grpc.TemplateServiceServicer):
@@ -128,7 +145,7 @@ class TemplateServicer(templates_grpc.TemplateServiceServicer):
     def ListTemplates(
         self, request: templates_pb2.ListTemplatesRequest, context: grpc.ServicerContext
     ) -> templates_pb2.ListTemplatesResponse:
-        records = self.templates.list(current_tenant(), KIND_NAMES.get(request.kind))
+        records = self.templates.list(current_owner(), KIND_NAMES.get(request.kind))
         return templates_pb2.ListTemplatesResponse(
             templates=[template_to_proto(record) for record in records]
         )
@@ -136,31 +153,42 @@ class TemplateServicer(templates_grpc.TemplateServiceServicer):
     def GetTemplate(
         self, request: templates_pb2.GetTemplateRequest, context: grpc.ServicerContext
     ) -> templates_pb2.GetTemplateResponse:
-        record = self.templates.get(current_tenant(), request.name)
+        record = self.templates.get(current_owner(), request.name)
         return templates_pb2.GetTemplateResponse(template=template_to_proto(record))
 
     def CreateTemplate(
         self, request: templates_pb2.CreateTemplateRequest, context: grpc.ServicerContext
     ) -> templates_pb2.CreateTemplateResponse:
         record = self.templates.create(
-            current_tenant(), request.media, request.template_id, request.display_name
+            current_owner(), request.media, request.template_id, request.display_name
         )
         return templates_pb2.CreateTemplateResponse(template=template_to_proto(record))
 
 
 class MediaServicer(media_grpc.MediaServiceServicer):
     def __init__(
-        self, media_library: MediaLibrary, settings: OrchestratorSettings, trust_anchors: str
+        self,
+        media_library: MediaLibrary,
+        settings: OrchestratorSettings,
+        trust_anchors: str,
+        erasure: Erasure,
     ) -> None:
         self.media_library = media_library
         self.settings = settings
         self.trust_anchors = trust_anchors
+        self.erasure = erasure
+
+    def DeleteMedia(
+        self, request: media_pb2.DeleteMediaRequest, context: grpc.ServicerContext
+    ) -> media_pb2.DeleteMediaResponse:
+        self.erasure.delete_media(current_owner().scope, request.name)
+        return media_pb2.DeleteMediaResponse()
 
     def CreateUpload(
         self, request: media_pb2.CreateUploadRequest, context: grpc.ServicerContext
     ) -> media_pb2.CreateUploadResponse:
         upload, put_url, expires = self.media_library.create_upload(
-            current_tenant(), request.content_type, request.filename, request.size_bytes
+            current_owner().scope, request.content_type, request.filename, request.size_bytes
         )
         return media_pb2.CreateUploadResponse(
             upload=upload,
@@ -173,14 +201,14 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         self, request: media_pb2.AppendUploadRequest, context: grpc.ServicerContext
     ) -> media_pb2.AppendUploadResponse:
         received = self.media_library.append_upload(
-            current_tenant(), request.upload, request.offset, request.data
+            current_owner().scope, request.upload, request.offset, request.data
         )
         return media_pb2.AppendUploadResponse(received_bytes=received)
 
     def FinishUpload(
         self, request: media_pb2.FinishUploadRequest, context: grpc.ServicerContext
     ) -> media_pb2.FinishUploadResponse:
-        record = self.media_library.finish_upload(current_tenant(), request.upload)
+        record = self.media_library.finish_upload(current_owner().scope, request.upload)
         return media_pb2.FinishUploadResponse(media=media_to_proto(record))
 
     def UploadMedia(
@@ -198,20 +226,20 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                 yield request.chunk
 
         record = self.media_library.upload_stream(
-            current_tenant(), metadata.content_type, metadata.filename, chunks()
+            current_owner().scope, metadata.content_type, metadata.filename, chunks()
         )
         return media_pb2.UploadMediaResponse(media=media_to_proto(record))
 
     def GetMedia(
         self, request: media_pb2.GetMediaRequest, context: grpc.ServicerContext
     ) -> media_pb2.GetMediaResponse:
-        record = self.media_library.get(current_tenant(), request.name)
+        record = self.media_library.get(current_owner().scope, request.name)
         return media_pb2.GetMediaResponse(media=media_to_proto(record))
 
     def DownloadMedia(
         self, request: media_pb2.DownloadMediaRequest, context: grpc.ServicerContext
     ) -> Iterator[media_pb2.DownloadMediaResponse]:
-        record = self.media_library.get(current_tenant(), request.name)
+        record = self.media_library.get(current_owner().scope, request.name)
         # The media's description comes with the first chunk only.
         metadata: media_pb2.Media | None = media_to_proto(record)
         for chunk in self.media_library.read_chunks(record):
@@ -221,19 +249,32 @@ class MediaServicer(media_grpc.MediaServiceServicer):
     def GetMediaUrl(
         self, request: media_pb2.GetMediaUrlRequest, context: grpc.ServicerContext
     ) -> media_pb2.GetMediaUrlResponse:
-        record = self.media_library.get(current_tenant(), request.name)
+        record = self.media_library.get(current_owner().scope, request.name)
         url, expires = self.media_library.url(record)
         return media_pb2.GetMediaUrlResponse(url=url, expire_time=_timestamp(expires))
 
     def VerifyMedia(
         self, request: media_pb2.VerifyMediaRequest, context: grpc.ServicerContext
     ) -> media_pb2.VerifyMediaResponse:
-        record = self.media_library.get(current_tenant(), request.name)
+        record = self.media_library.get(current_owner().scope, request.name)
         with tempfile.TemporaryDirectory(prefix="remind-verify-") as work:
             path = Path(work) / "media"
             self.media_library.download(record, path)
             verdict = verify_media(path, self.trust_anchors)
         return verdict_to_proto(verdict)
+
+
+class AccountServicer(account_grpc.AccountServiceServicer):
+    def __init__(self, erasure: Erasure) -> None:
+        self.erasure = erasure
+
+    def DeleteMyData(
+        self, request: account_pb2.DeleteMyDataRequest, context: grpc.ServicerContext
+    ) -> account_pb2.DeleteMyDataResponse:
+        erased = self.erasure.delete_everything(current_owner())
+        return account_pb2.DeleteMyDataResponse(
+            objects_deleted=erased.objects, jobs_deleted=erased.jobs
+        )
 
 
 def verdict_to_proto(verdict: MediaVerdict) -> media_pb2.VerifyMediaResponse:

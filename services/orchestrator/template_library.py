@@ -1,7 +1,9 @@
 """Templates: the bundled ones (rendered at start-up if the store lacks them) and uploads.
 
-Layout: templates bucket `builtin/{id}.gif` and `{tenant}/{id}.{ext}`;
-records bucket `builtin/templates/{id}.json` and `{tenant}/templates/{id}.json`.
+Layout: templates bucket `builtin/{id}.gif` and `{scope}/{id}.{ext}`;
+records bucket `builtin/templates/{id}.json` and `{scope}/templates/{id}.json`, where the scope
+is the owner's (a tenant, or a person of it). A person sees their own templates, their
+tenant's and the built-in ones; a tenant its own and the built-in ones.
 """
 
 import hashlib
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from services.orchestrator import builtin_templates
+from services.orchestrator.auth import Owner
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.media_library import MediaLibrary
 from services.shared import errors, faces, video
@@ -59,6 +62,12 @@ class LocalTemplate:
 
     def content_type(self) -> str:
         return EXTENSIONS[self.record.kind][1]
+
+
+def _visible_scopes(owner: Owner) -> list[str]:
+    """Where an owner's templates are looked up, nearest first."""
+    tenant_wide = [owner.tenant] if owner.is_person else []
+    return [owner.scope, *tenant_wide, BUILTIN]
 
 
 def template_id_of(name: str) -> str:
@@ -119,20 +128,21 @@ class TemplateLibrary:
         self.store.put_record(self.settings.records_bucket, record_key, asdict(record))
         log.info("installed built-in template %s", template.template_id)
 
-    def list(self, tenant: str, kind: str | None = None) -> list[TemplateRecord]:
+    def list(self, owner: Owner, kind: str | None = None) -> list[TemplateRecord]:
         records = []
-        for owner in (BUILTIN, tenant):
-            for key in self.store.list_keys(self.settings.records_bucket, f"{owner}/templates/"):
+        for scope in reversed(_visible_scopes(owner)):
+            for key in self.store.list_keys(self.settings.records_bucket, f"{scope}/templates/"):
                 record = TemplateRecord(**self.store.get_record(self.settings.records_bucket, key))
                 if kind is None or record.kind == kind:
                     records.append(record)
         return sorted(records, key=lambda record: (not record.builtin, record.name))
 
-    def get(self, tenant: str, name: str, kind: str | None = None) -> TemplateRecord:
-        """The tenant's or the built-in template; InvalidInput if it is not of `kind`."""
+    def get(self, owner: Owner, name: str, kind: str | None = None) -> TemplateRecord:
+        """The nearest template of that name the owner can see; InvalidInput if it is not of
+        `kind`."""
         template_id = template_id_of(name)
-        for owner in (tenant, BUILTIN):
-            key = f"{owner}/templates/{template_id}.json"
+        for scope in _visible_scopes(owner):
+            key = f"{scope}/templates/{template_id}.json"
             if self.store.exists(self.settings.records_bucket, key):
                 record = TemplateRecord(**self.store.get_record(self.settings.records_bucket, key))
                 if kind is not None and record.kind != kind:
@@ -148,16 +158,16 @@ class TemplateLibrary:
         return LocalTemplate(template, path, video.probe(path))
 
     def create(
-        self, tenant: str, media_name: str, template_id: str, display_name: str
+        self, owner: Owner, media_name: str, template_id: str, display_name: str
     ) -> TemplateRecord:
-        """Checks an uploaded GIF or MP4 and makes it a template of this tenant."""
+        """Checks an uploaded GIF or MP4 and makes it a template of this owner."""
         template_id_of(TEMPLATE_PREFIX + template_id)
         try:
-            self.get(tenant, TEMPLATE_PREFIX + template_id)
+            self.get(owner, TEMPLATE_PREFIX + template_id)
             raise errors.AlreadyExists(f"Template templates/{template_id} already exists.")
         except errors.NotFound:
             pass
-        upload = self.media_library.get(tenant, media_name)
+        upload = self.media_library.get(owner.scope, media_name)
         with tempfile.TemporaryDirectory() as work:
             path = Path(work) / "template"
             self.media_library.download(upload, path)
@@ -165,13 +175,15 @@ class TemplateLibrary:
             kind = self._check_template(info)
             self._check_has_face(path)
             extension, content_type = EXTENSIONS[kind]
-            key = f"{tenant}/{template_id}{extension}"
+            key = f"{owner.scope}/{template_id}{extension}"
             self.store.put_new_file(self.settings.templates_bucket, key, path, content_type)
         record = self._record(
             template_id, display_name or template_id, kind, key, info, builtin=False
         )
         self.store.put_record(
-            self.settings.records_bucket, f"{tenant}/templates/{template_id}.json", asdict(record)
+            self.settings.records_bucket,
+            f"{owner.scope}/templates/{template_id}.json",
+            asdict(record),
         )
         return record
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from remind.v1 import faceswap_pb2, media_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 
+from services.orchestrator.auth import Owner
 from services.orchestrator.frame_pipeline import FramePipeline, render, store_result
 from services.orchestrator.job_types import AdmittedJob, JobServices
 from services.orchestrator.jobs import JobContext
@@ -46,18 +47,20 @@ class VideoJob:
     def __init__(self, services: JobServices) -> None:
         self.services = services
 
-    def admit(self, tenant: str, request: jobs_pb2.CreateVideoJobRequest) -> AdmittedJob:
+    def admit(self, owner: Owner, request: jobs_pb2.CreateVideoJobRequest) -> AdmittedJob:
         services = self.services
         wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
         wire.require(bool(request.voice_media), "voice_media is required: upload a recording.")
         wire.require(bool(request.template), "template is required, e.g. templates/astronaut-talk.")
-        template = services.templates.get(tenant, request.template, kind=VIDEO)
-        voice = services.media.get(tenant, request.voice_media)
+        template = services.templates.get(owner, request.template, kind=VIDEO)
+        voice = services.media.get(owner.scope, request.voice_media)
         # These checks refuse a bad engine, recording or photo before any work is queued.
         services.voice.check_engine(request.voice_engine)
         services.lipsync.check_engine(request.lipsync_engine)
         services.voice.probe_audio(voice.storage_object())
-        identity = services.prepare_identity(tenant, request.face_media, request.faceswap_engine)
+        identity = services.prepare_identity(
+            owner.scope, request.face_media, request.faceswap_engine
+        )
         job = jobs_pb2.Job(
             kind=jobs_pb2.JOB_KIND_VIDEO,
             face_media=request.face_media,

@@ -1,5 +1,7 @@
 // Re:Mind web client: uploads a photo, starts a GIF job, shows live progress and the result,
-// all over gRPC-web through Envoy (the same path the mobile app takes).
+// all over gRPC-web through Envoy (the same path the mobile app takes). A person signs in with
+// a short-lived token of their identity provider (locally: `remind token --user NAME`), which
+// every call carries as `authorization: Bearer`; no API key ever lives in an app.
 import { GrpcWebFetchTransport } from "@protobuf-ts/grpcweb-transport";
 import { RpcError } from "@protobuf-ts/runtime-rpc";
 import { JobServiceClient } from "./gen/remind/v1/job_service.client";
@@ -22,12 +24,24 @@ const STAGES: Record<number, string> = {
   [JobStage.DONE]: "Done",
 };
 
+// The token arrives in the address (the sign-in link), then stays for this browser tab only.
+const token = params.get("token") ?? sessionStorage.getItem("remind-token") ?? "";
+sessionStorage.setItem("remind-token", token);
+
+// Who the token names, for the page to say; the servers check the token, not this.
+function signedInAs(jwt: string): string {
+  try {
+    const payload = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload)).sub ?? "";
+  } catch {
+    return "";
+  }
+}
+
 function clients() {
-  const apiKey = element<HTMLInputElement>("api-key").value.trim();
-  localStorage.setItem("remind-api-key", apiKey);
   const transport = new GrpcWebFetchTransport({
     baseUrl: params.get("api") ?? location.origin,
-    meta: apiKey ? { authorization: `Bearer ${apiKey}` } : {},
+    meta: token ? { authorization: `Bearer ${token}` } : {},
   });
   return {
     jobs: new JobServiceClient(transport),
@@ -109,8 +123,8 @@ async function start() {
   }
 }
 
-element<HTMLInputElement>("api-key").value =
-  params.get("key") ?? localStorage.getItem("remind-api-key") ?? "";
-element<HTMLButtonElement>("load").addEventListener("click", loadTemplates);
+element<HTMLParagraphElement>("account").textContent = token
+  ? `Signed in as ${signedInAs(token) || "someone"}.`
+  : "Not signed in: open the link your app (or `remind token`) gives you.";
 element<HTMLButtonElement>("start").addEventListener("click", start);
 loadTemplates();
