@@ -39,6 +39,7 @@ def _bearer(stack_info: StackInfo) -> list[str]:
 # What each server serves, by the full names its health and reflection services report.
 SERVED = {
     "orchestrator": (
+        "remind.v1.AccountService",
         "remind.v1.JobService",
         "remind.v1.TemplateService",
         "remind.v1.MediaService",

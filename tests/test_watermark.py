@@ -52,11 +52,14 @@ def test_remind_verify_command(template_frames, tmp_path):
             gif.write(watermark.embed(frame))
     remind = [sys.executable, "-m", "services.cli", "verify"]
     marked = subprocess.run([*remind, str(path)], capture_output=True, text=True, timeout=120)
-    assert marked.returncode == 0 and "synthetic, made by Re:Mind" in marked.stdout
+    assert marked.returncode == 0, marked.stdout + marked.stderr
+    assert "Watermark: found" in marked.stdout
+    assert "synthetic media made by Re:Mind" in marked.stdout
     plain = tmp_path / "plain.gif"
     with video.GifEncoder(plain, width, height, 12) as gif:
         for frame in template_frames:
             gif.write(frame)
     unmarked = subprocess.run([*remind, str(plain)], capture_output=True, text=True, timeout=120)
-    assert unmarked.returncode == 1 and "no Re:Mind watermark" in unmarked.stdout
+    assert unmarked.returncode == 1, unmarked.stdout + unmarked.stderr
+    assert "Watermark: not found" in unmarked.stdout and "no Re:Mind mark found" in unmarked.stdout
     assert Path(plain).exists()
