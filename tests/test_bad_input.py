@@ -223,7 +223,9 @@ def test_upload_over_the_size_limit_is_resource_exhausted(client, unchanged_stor
     assert "MiB" in error.details()
 
 
-def test_out_of_order_chunk_is_refused_and_the_upload_survives(client, astronaut_png):
+def test_another_chunk_at_a_taken_offset_is_refused_and_the_upload_survives(
+    client, astronaut_png
+):
     upload = client.media.CreateUpload(
         media_pb2.CreateUploadRequest(
             content_type="image/png", filename="a.png", size_bytes=len(astronaut_png)
@@ -233,9 +235,13 @@ def test_out_of_order_chunk_is_refused_and_the_upload_survives(client, astronaut
     client.media.AppendUpload(
         media_pb2.AppendUploadRequest(upload=upload, offset=0, data=astronaut_png[:half])
     )
+    retried = client.media.AppendUpload(
+        media_pb2.AppendUploadRequest(upload=upload, offset=0, data=astronaut_png[:half])
+    )
+    assert retried.received_bytes == half  # a retry is acknowledged again, not appended
     error = _status(
         lambda: client.media.AppendUpload(
-            media_pb2.AppendUploadRequest(upload=upload, offset=0, data=astronaut_png[:half])
+            media_pb2.AppendUploadRequest(upload=upload, offset=0, data=astronaut_png[1 : half + 1])
         )
     )
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION

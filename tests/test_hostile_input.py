@@ -380,13 +380,6 @@ def _append_after_finish(h: Hostile):  # type: ignore[no-untyped-def]
     return _append(h, upload, 5, b"second")
 
 
-def _finish_twice(h: Hostile):  # type: ignore[no-untyped-def]
-    upload = _new_upload(h)
-    _append(h, upload, 0, b"only")
-    _finish(h, upload)
-    return _finish(h, upload)
-
-
 def _upload_stream(h: Hostile, *requests: uploads_pb2.UploadMediaRequest):  # type: ignore[no-untyped-def]
     return h.client.media.UploadMedia(iter(requests), timeout=TIMEOUT)
 
@@ -618,8 +611,9 @@ ORCHESTRATOR_CASES = [
          "limited"),
     case("append-upload-at-an-offset-ahead-of-the-data",
          lambda h: _append(h, _new_upload(h), 4096, b"chunk"), PRECONDITION, "offset"),
-    case("append-upload-after-finish", _append_after_finish, NOT_FOUND, "finished"),
-    case("finish-upload-twice", _finish_twice, NOT_FOUND, "finished"),
+    case("append-upload-after-finish", _append_after_finish, PRECONDITION, "finished"),
+    case("append-upload-beyond-its-declared-size",
+         lambda h: _append(h, _new_upload(h, 4), 0, b"chunk"), INVALID, "declared"),
     case("finish-upload-without-data",
          lambda h: _finish(h, _new_upload(h)), PRECONDITION, "no data"),
     case("append-upload-empty-chunk",
@@ -1007,7 +1001,9 @@ def test_a_chunk_at_any_other_offset_is_refused_and_changes_nothing(
     )
 )
 def test_any_declared_upload_size_is_accepted_up_to_the_limit(hostile: Hostile, size: int):
-    if size <= MAX_UPLOAD_BYTES:
+    if size == 0:  # the size must be declared: the upload never takes more
+        assert _refused(lambda: _new_upload(hostile, size)).code() == INVALID
+    elif size <= MAX_UPLOAD_BYTES:
         assert _new_upload(hostile, size).startswith("uploads/")
     else:
         assert _refused(lambda: _new_upload(hostile, size)).code() == EXHAUSTED

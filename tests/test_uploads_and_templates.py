@@ -1,4 +1,4 @@
-"""Uploads (client stream, unary chunks, presigned PUT) and user templates, end to end."""
+"""Uploads (client stream, unary chunks, a form POST) and user templates, end to end."""
 
 import urllib.request
 
@@ -6,6 +6,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+import requests
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import media_service_pb2 as media_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
@@ -33,19 +34,51 @@ def _create_template(client: RemindClient, path, template_id: str) -> templates_
     ).template
 
 
-def test_presigned_put_upload_then_finish(client: RemindClient, astronaut_png: bytes):
+def _post_form(form: media_pb2.UploadForm, data: bytes) -> requests.Response:
+    # The file goes last: S3 reads the fields before it.
+    return requests.post(form.url, data=dict(form.fields), files={"file": data}, timeout=30)
+
+
+def test_form_upload_then_finish(client: RemindClient, astronaut_png: bytes):
     created = client.media.CreateUpload(
         media_pb2.CreateUploadRequest(
-            content_type="image/png", filename="put.png", size_bytes=len(astronaut_png)
+            content_type="image/png", filename="form.png", size_bytes=len(astronaut_png)
         )
     )
-    request = urllib.request.Request(created.put_url, data=astronaut_png, method="PUT")
-    assert urllib.request.urlopen(request, timeout=30).status == 200
+    assert _post_form(created.form, astronaut_png).status_code == 204
     finished = client.media.FinishUpload(media_pb2.FinishUploadRequest(upload=created.upload))
     assert finished.media.size_bytes == len(astronaut_png)
     assert client.download(finished.media.name) == astronaut_png
     url = client.media.GetMediaUrl(media_pb2.GetMediaUrlRequest(name=finished.media.name)).url
-    assert urllib.request.urlopen(url, timeout=30).read() == astronaut_png
+    with urllib.request.urlopen(url, timeout=30) as served:
+        assert served.read() == astronaut_png
+        assert served.headers["Content-Type"] == "image/png"
+
+
+def test_the_form_takes_only_its_size_type_and_key(client: RemindClient, astronaut_png: bytes):
+    created = client.media.CreateUpload(
+        media_pb2.CreateUploadRequest(content_type="image/png", filename="a.png", size_bytes=100)
+    )
+    assert _post_form(created.form, astronaut_png).status_code in (400, 403)  # over its size
+    as_html = dict(created.form.fields, **{"Content-Type": "text/html"})
+    refused = requests.post(created.form.url, data=as_html, files={"file": b"<p>hi"}, timeout=30)
+    assert refused.status_code == 403
+    elsewhere = dict(created.form.fields, key="local/media/elsewhere.html")
+    refused = requests.post(created.form.url, data=elsewhere, files={"file": b"x"}, timeout=30)
+    assert refused.status_code == 403
+    error = _status(
+        lambda: client.media.FinishUpload(media_pb2.FinishUploadRequest(upload=created.upload))
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_content_types_outside_the_allow_list_are_stored_as_bytes(client: RemindClient):
+    page = b"<html><script>alert(1)</script></html>"
+    stored = client.upload(page, "page.html", content_type="text/html")
+    assert stored.content_type == "application/octet-stream"
+    url = client.media.GetMediaUrl(media_pb2.GetMediaUrlRequest(name=stored.name)).url
+    with urllib.request.urlopen(url, timeout=30) as served:
+        assert served.headers["Content-Type"] == "application/octet-stream"
 
 
 def test_uploaded_template_is_checked_then_used_for_a_job(

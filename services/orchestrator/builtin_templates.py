@@ -19,7 +19,7 @@ import dlib
 import numpy as np
 from skimage import data as skimage_data
 
-from services.shared.errors import EngineNotReady, NotFound
+from services.shared.errors import EngineNotReady, NotFound, shown
 from services.shared.video import GifEncoder, Mp4Encoder
 
 FRAME_SIZE = 320
@@ -110,7 +110,9 @@ def render_builtin_gif(template_id: str, path: Path) -> None:
     recipe = _RECIPES.get(template_id)
     if recipe is None:
         known = ", ".join(template.template_id for template in BUILTIN_GIF_TEMPLATES)
-        raise NotFound(f"There is no built-in template {template_id!r}; the built-ins are {known}.")
+        raise NotFound(
+            f"There is no built-in template {shown(template_id)}; the built-ins are {known}."
+        )
     photo, faces = _source_faces()
     with GifEncoder(path, FRAME_SIZE, FRAME_SIZE, FPS) as gif:
         for frame in animate_head(photo, faces[recipe.person], recipe.motion):
@@ -131,7 +133,7 @@ _VIDEO_MOTION = HeadMotion(
 def render_builtin_video(template_id: str, path: Path) -> None:
     """Write the built-in video template `template_id` as a silent H.264 MP4."""
     if template_id not in {template.template_id for template in BUILTIN_VIDEO_TEMPLATES}:
-        raise NotFound(f"There is no built-in video template {template_id!r}.")
+        raise NotFound(f"There is no built-in video template {shown(template_id)}.")
     photo, faces = _source_faces()
     frames = animate_head(photo, faces[0], _VIDEO_MOTION, VIDEO_SECONDS * VIDEO_FPS, 4 * VIDEO_FPS)
     with Mp4Encoder(path, FRAME_SIZE, FRAME_SIZE, VIDEO_FPS) as video:

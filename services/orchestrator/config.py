@@ -31,6 +31,11 @@ class OrchestratorSettings(ServerSettings):
     max_template_long_side: int = 1920
     max_template_short_side: int = 1080
     presigned_url_seconds: int = 900
+    # An upload not finished within its lifetime is removed; so is, after the grace, anything
+    # in storage no record owns (left by a process killed mid-write). The sweep runs this often.
+    upload_lifetime_seconds: int = 24 * 3600
+    sweep_grace_seconds: int = 3600
+    sweep_interval_seconds: float = 600.0
     job_workers: int = 2
     max_pending_jobs: int = 32
     # Deadline for one model-service call (a whole frame stream included).

@@ -4,6 +4,8 @@ The job record in the store is the truth that survives restarts; the in-memory b
 what only a running process has (the cancel switch, watchers waiting for the next change).
 """
 
+import base64
+import binascii
 import concurrent.futures
 import logging
 import threading
@@ -49,20 +51,28 @@ def new_job_id() -> str:
 def job_id_of(name: str) -> str:
     job_id = name[len(JOB_PREFIX) :] if name.startswith(JOB_PREFIX) else ""
     if len(job_id) != 32 or any(c not in "0123456789abcdef" for c in job_id):
-        raise errors.InvalidInput(f"Job {name!r} is not a valid name; expected jobs/<id>.")
+        raise errors.InvalidInput(
+            f"Job {errors.shown(name)} is not a valid name; expected jobs/<id>."
+        )
     return job_id
 
 
-def _is_page_token(token: str, prefix: str) -> bool:
-    """A page token is the record key of the previous page's last job: `{prefix}{id}.json`."""
-    job_id = token.removeprefix(prefix).removesuffix(".json")
-    if token != f"{prefix}{job_id}.json":
-        return False
+BAD_PAGE_TOKEN = "page_token is not one this server returned: list again without it."
+
+
+def page_token(job_id: str) -> str:
+    """An opaque page token: the previous page's last job, with nothing of storage in it."""
+    return base64.urlsafe_b64encode(bytes.fromhex(job_id)).decode().rstrip("=")
+
+
+def _job_id_of_page_token(token: str) -> str:
     try:
-        job_id_of(JOB_PREFIX + job_id)
-    except errors.InvalidInput:
-        return False
-    return True
+        job_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).hex()
+    except (binascii.Error, ValueError):
+        job_id = ""
+    if len(job_id) != 32 or page_token(job_id) != token:
+        raise errors.InvalidInput(BAD_PAGE_TOKEN)
+    return job_id
 
 
 @dataclass
@@ -367,24 +377,24 @@ class JobBoard:
             for key in [key for key in self._live if key.startswith(f"{scope}/")]:
                 del self._live[key]
 
-    def list(self, scope: str, page_size: int, page_token: str) -> tuple[list[jobs_pb2.Job], str]:
+    def list(self, scope: str, page_size: int, token: str) -> tuple[list[jobs_pb2.Job], str]:
         if page_size < 0:
             raise errors.InvalidInput(f"page_size must not be negative, got {page_size}.")
         page_size = min(page_size or 50, 200)
         prefix = f"{scope}/jobs/"
-        if page_token and not _is_page_token(page_token, prefix):
-            raise errors.InvalidInput(
-                "page_token is not one this server returned: list again without it."
-            )
+        after = f"{prefix}{_job_id_of_page_token(token)}.json" if token else ""
+        if after and not self.store.exists(self.settings.records_bucket, after):
+            raise errors.InvalidInput(BAD_PAGE_TOKEN)
         keys = sorted(self.store.list_keys(self.settings.records_bucket, prefix), reverse=True)
-        if page_token:
-            keys = [key for key in keys if key < page_token]
+        if after:
+            keys = [key for key in keys if key < after]
         page = keys[:page_size]
         jobs = [
             self.get(scope, JOB_PREFIX + key.rsplit("/", 1)[1].removesuffix(".json"))
             for key in page
         ]
-        next_token = page[-1] if len(keys) > page_size else ""
+        last_id = page[-1].rsplit("/", 1)[1].removesuffix(".json") if page else ""
+        next_token = page_token(last_id) if len(keys) > page_size else ""
         return jobs, next_token
 
     def fail_interrupted(self) -> int:

@@ -1,11 +1,18 @@
 """Uploaded inputs and produced results, as media records in the store.
 
 Layout (every key starts with its owner's scope: a tenant, or `{tenant}/people/{id}`):
-  uploads bucket   {scope}/parts/{upload_id}/{offset:012d}   unary chunks, in order
-                   {scope}/put/{upload_id}                    target of the presigned PUT
-                   {scope}/media/{media_id}/{filename}        finished uploads
-  results bucket   {scope}/{job_id}/{media_id}.{ext}         results (written by jobs)
+  uploads bucket   {scope}/parts/{upload_id}/{offset:012d}-{sha256}  appended chunks
+                   {scope}/form/{upload_id}                        target of the upload form
+                   {scope}/media/{media_id}/{filename}             finished uploads
+  results bucket   {scope}/{job_id}/{media_id}.{ext}               results (written by jobs)
   records bucket   {scope}/uploads/{upload_id}.json, {scope}/media/{media_id}.json
+
+An upload's record is its one writer at a time: every change to it is a compare-and-set on
+its version, so appends and finishes from any replica, and their retries, take turns on it.
+It goes open (takes chunks) -> sealed (being finished, takes none) -> done (names its media).
+A chunk's part is written before the record that acknowledges it, under a key named by its
+bytes, so a retried chunk rewrites the same bytes and an acknowledged chunk is always stored.
+A part no record owns (the process died between the two writes) is removed by the sweeper.
 """
 
 import datetime
@@ -13,8 +20,8 @@ import hashlib
 import io
 import re
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from remind.v1 import media_pb2
@@ -26,15 +33,36 @@ from services.shared.storage import ObjectStore
 MEDIA_PREFIX = "media/"
 UPLOAD_PREFIX = "uploads/"
 _ID = re.compile(r"^[0-9a-f]{32}$")
+# Stored and served only as one of these; anything else is kept as opaque bytes, so our
+# storage origin never serves a caller's HTML or script.
+CONTENT_TYPES = frozenset(
+    {
+        "image/png", "image/jpeg", "image/webp", "image/gif",
+        "video/mp4", "video/quicktime", "video/webm",
+        "audio/wav", "audio/x-wav", "audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg",
+        "audio/webm", "audio/flac",
+    }
+)  # fmt: skip
+OPAQUE = "application/octet-stream"
+# Compare-and-set attempts before giving up on a record that keeps changing under us.
+MAX_RACES = 20
+OPEN, SEALED, DONE = "open", "sealed", "done"
 
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()
 
 
+def allowed_content_type(content_type: str) -> str:
+    cleaned = content_type.split(";")[0].strip().lower()
+    return cleaned if cleaned in CONTENT_TYPES else OPAQUE
+
+
 def _id_from(name: str, prefix: str, what: str) -> str:
     if not name.startswith(prefix) or not _ID.match(name[len(prefix) :]):
-        raise errors.InvalidInput(f"{what} {name!r} is not a valid name; expected {prefix}<id>")
+        raise errors.InvalidInput(
+            f"{what} {errors.shown(name)} is not a valid name; expected {prefix}<id>"
+        )
     return name[len(prefix) :]
 
 
@@ -59,6 +87,46 @@ class MediaRecord:
         return media_pb2.StorageObject(bucket=self.bucket, key=self.key)
 
 
+@dataclass(frozen=True)
+class Part:
+    offset: int
+    size: int
+    sha256: str
+
+
+@dataclass
+class Upload:
+    """An upload's record."""
+
+    content_type: str
+    filename: str
+    declared_bytes: int
+    create_time: str
+    state: str = OPEN
+    parts: list[Part] = field(default_factory=list)
+    media: str = ""
+
+    @classmethod
+    def of(cls, record: dict) -> "Upload":
+        return cls(**{**record, "parts": [Part(**part) for part in record["parts"]]})
+
+    @property
+    def received_bytes(self) -> int:
+        return sum(part.size for part in self.parts)
+
+    def part_at(self, offset: int) -> Part | None:
+        return next((part for part in self.parts if part.offset == offset), None)
+
+
+@dataclass(frozen=True)
+class UploadForm:
+    """Where and how a browser POSTs the whole file at once, instead of appending chunks."""
+
+    url: str
+    fields: dict[str, str]
+    expire_time: datetime.datetime
+
+
 class _ChunkReader:
     """A file-like view over byte chunks, so a concatenation streams into put_object."""
 
@@ -81,97 +149,146 @@ class _ChunkReader:
         return data
 
 
+def part_key(scope: str, upload_id: str, part: Part) -> str:
+    return f"{scope}/parts/{upload_id}/{part.offset:012d}-{part.sha256}"
+
+
+def form_key(scope: str, upload_id: str) -> str:
+    return f"{scope}/form/{upload_id}"
+
+
 class MediaLibrary:
     def __init__(self, store: ObjectStore, settings: OrchestratorSettings) -> None:
         self.store = store
         self.settings = settings
 
-    # Uploads by unary chunks or presigned PUT.
+    # Uploads by unary chunks or by form.
 
     def create_upload(
         self, scope: str, content_type: str, filename: str, declared_bytes: int
-    ) -> tuple[str, str, datetime.datetime]:
+    ) -> tuple[str, UploadForm]:
         self._check_size(declared_bytes)
+        if declared_bytes == 0:
+            raise errors.InvalidInput("Declare the upload's size_bytes (more than 0).")
         upload_id = uuid.uuid4().hex
-        record = {
-            "content_type": content_type or "application/octet-stream",
-            "filename": _safe_filename(filename),
-            "received_bytes": 0,
-            "create_time": now_iso(),
-        }
-        self.store.put_record(
-            self.settings.records_bucket, f"{scope}/uploads/{upload_id}.json", record
+        upload = Upload(
+            allowed_content_type(content_type), _safe_filename(filename), declared_bytes, now_iso()
         )
+        if self.store.replace_record(
+            self.settings.records_bucket, self._upload_key(scope, upload_id), asdict(upload), ""
+        ) is None:
+            raise errors.Unavailable("The upload could not be created; try again.")
         ttl = datetime.timedelta(seconds=self.settings.presigned_url_seconds)
-        put_url = self.store.presigned_put(
-            self.settings.uploads_bucket, f"{scope}/put/{upload_id}", ttl
+        url, fields = self.store.presigned_post(
+            self.settings.uploads_bucket,
+            form_key(scope, upload_id),
+            upload.content_type,
+            declared_bytes,
+            ttl,
         )
-        return UPLOAD_PREFIX + upload_id, put_url, datetime.datetime.now(datetime.UTC) + ttl
+        form = UploadForm(url, fields, datetime.datetime.now(datetime.UTC) + ttl)
+        return UPLOAD_PREFIX + upload_id, form
 
-    def append_upload(self, scope: str, upload: str, offset: int, data: bytes) -> int:
-        upload_id = _id_from(upload, UPLOAD_PREFIX, "Upload")
-        record = self._upload_record(scope, upload_id)
-        received = int(record["received_bytes"])
-        if offset != received:
-            raise errors.FailedPrecondition(
-                f"Chunk offset {offset} does not match the {received} bytes received so far; "
-                f"resend from offset {received}."
-            )
+    def append_upload(self, scope: str, upload_name: str, offset: int, data: bytes) -> int:
+        """Stores a chunk at `offset` and returns the bytes received. Sending the same chunk
+        again (a retry) is acknowledged again and changes nothing."""
+        upload_id = _id_from(upload_name, UPLOAD_PREFIX, "Upload")
         if not data:
             raise errors.InvalidInput("The chunk is empty.")
         if len(data) > self.settings.max_chunk_bytes:
             raise errors.TooLarge(f"Chunks are limited to {self.settings.max_chunk_bytes} bytes.")
-        self._check_size(received + len(data))
-        self.store.put_new(
-            self.settings.uploads_bucket,
-            f"{scope}/parts/{upload_id}/{offset:012d}",
-            io.BytesIO(data),
-            len(data),
-        )
-        record["received_bytes"] = received + len(data)
-        self.store.put_record(
-            self.settings.records_bucket, f"{scope}/uploads/{upload_id}.json", record
-        )
-        return record["received_bytes"]
+        part = Part(offset, len(data), hashlib.sha256(data).hexdigest())
+        written = False
 
-    def finish_upload(self, scope: str, upload: str) -> MediaRecord:
-        upload_id = _id_from(upload, UPLOAD_PREFIX, "Upload")
-        record = self._upload_record(scope, upload_id)
-        bucket = self.settings.uploads_bucket
-        part_keys = sorted(self.store.list_keys(bucket, f"{scope}/parts/{upload_id}/"))
-        put_key = f"{scope}/put/{upload_id}"
-        if part_keys:
-            chunks = (chunk for key in part_keys for chunk in self.store.iter_chunks(bucket, key))
-            media = self._store_media(scope, chunks, record["content_type"], record["filename"])
-            for key in part_keys:
-                self.store.delete(bucket, key)
-        elif self.store.exists(bucket, put_key):
-            size = self.store.size(bucket, put_key)
-            if size > self.settings.max_upload_bytes:
-                self.store.delete(bucket, put_key)
-                self._check_size(size)
-            media = self._store_media(
-                scope,
-                self.store.iter_chunks(bucket, put_key),
-                record["content_type"],
-                record["filename"],
-            )
-            self.store.delete(bucket, put_key)
-        else:
-            raise errors.FailedPrecondition(
-                f"Upload {upload} has no data yet: append chunks or PUT to its URL first."
-            )
-        self.store.delete(self.settings.records_bucket, f"{scope}/uploads/{upload_id}.json")
+        def add_part(upload: Upload) -> bool:
+            nonlocal written
+            if upload.state != OPEN:
+                raise self._not_open(upload_name, upload)
+            stored = upload.part_at(offset)
+            if stored == part:
+                return False  # a retry of an acknowledged chunk
+            received = upload.received_bytes
+            if offset != received:
+                raise errors.FailedPrecondition(
+                    f"Chunk offset {offset} does not match the {received} bytes received so "
+                    f"far; resend from offset {received}."
+                )
+            self._check_size(received + len(data))
+            if received + len(data) > upload.declared_bytes:
+                raise errors.InvalidInput(
+                    f"The upload was declared as {upload.declared_bytes} bytes; this chunk "
+                    f"would make it {received + len(data)}."
+                )
+            if not written:
+                self.store.put(
+                    self.settings.uploads_bucket,
+                    part_key(scope, upload_id, part),
+                    io.BytesIO(data),
+                    len(data),
+                    OPAQUE,
+                )
+                written = True
+            upload.parts.append(part)
+            return True
+
+        return self._change(scope, upload_id, upload_name, add_part).received_bytes
+
+    def finish_upload(self, scope: str, upload_name: str) -> MediaRecord:
+        """Seals the upload (no chunk is taken after this) and stores its media. Finishing
+        again, or after a crash part-way, returns the same media."""
+        upload_id = _id_from(upload_name, UPLOAD_PREFIX, "Upload")
+
+        def seal(upload: Upload) -> bool:
+            if upload.state != OPEN:
+                return False
+            if not upload.parts and not self.store.exists(
+                self.settings.uploads_bucket, form_key(scope, upload_id)
+            ):
+                raise errors.FailedPrecondition(
+                    f"Upload {upload_name} has no data yet: append chunks or post its form first."
+                )
+            upload.state = SEALED
+            return True
+
+        upload = self._change(scope, upload_id, upload_name, seal)
+        if upload.state == DONE:
+            try:
+                return self.get(scope, upload.media)
+            except errors.NotFound:
+                raise errors.NotFound(
+                    f"Upload {upload_name} was finished and its media since deleted."
+                ) from None
+        # The media takes the upload's id: a finish retried after a crash rewrites the same
+        # object and record instead of leaving a second copy.
+        media = self._store_media(
+            scope, upload_id, self._upload_chunks(scope, upload_id, upload), upload
+        )
+
+        def mark_done(upload: Upload) -> bool:
+            upload.state, upload.media = DONE, media.name
+            return True
+
+        self._change(scope, upload_id, upload_name, mark_done)
+        self._delete_data(scope, upload_id, upload)
         return media
+
+    def expire_upload(self, scope: str, upload_id: str) -> None:
+        """Removes an upload's record and every chunk or form object it holds."""
+        key = self._upload_key(scope, upload_id)
+        try:
+            upload = Upload.of(self.store.get_record(self.settings.records_bucket, key))
+        except errors.NotFound:
+            return
+        self._delete_data(scope, upload_id, upload)
+        self.store.delete(self.settings.records_bucket, key)
 
     # Uploads by client stream, and results produced by jobs.
 
     def upload_stream(
         self, scope: str, content_type: str, filename: str, chunks: Iterator[bytes]
     ) -> MediaRecord:
-        return self._store_media(
-            scope, self._limited(chunks), content_type, _safe_filename(filename)
-        )
+        upload = Upload(allowed_content_type(content_type), _safe_filename(filename), 0, now_iso())
+        return self._store_media(scope, uuid.uuid4().hex, self._limited(chunks), upload)
 
     def add_result(self, scope: str, job_id: str, path: Path, content_type: str) -> MediaRecord:
         media_id = uuid.uuid4().hex
@@ -244,8 +361,9 @@ class MediaLibrary:
 
     def url(self, media: MediaRecord) -> tuple[str, datetime.datetime]:
         ttl = datetime.timedelta(seconds=self.settings.presigned_url_seconds)
+        served_as = allowed_content_type(media.content_type)
         return (
-            self.store.presigned_get(media.bucket, media.key, ttl),
+            self.store.presigned_get(media.bucket, media.key, ttl, served_as),
             datetime.datetime.now(datetime.UTC) + ttl,
         )
 
@@ -265,27 +383,75 @@ class MediaLibrary:
             self._check_size(total)
             yield chunk
 
-    def _upload_record(self, scope: str, upload_id: str) -> dict:
-        try:
-            return self.store.get_record(
-                self.settings.records_bucket, f"{scope}/uploads/{upload_id}.json"
+    def _upload_key(self, scope: str, upload_id: str) -> str:
+        return f"{scope}/uploads/{upload_id}.json"
+
+    def _change(
+        self,
+        scope: str,
+        upload_id: str,
+        upload_name: str,
+        change: Callable[[Upload], bool],
+    ) -> Upload:
+        """Applies `change` to the upload's record as one compare-and-set, reading again and
+        re-applying when another writer came first. `change` returns False to write nothing."""
+        bucket, key = self.settings.records_bucket, self._upload_key(scope, upload_id)
+        for _ in range(MAX_RACES):
+            try:
+                record, version = self.store.get_versioned_record(bucket, key)
+            except errors.NotFound:
+                raise errors.NotFound(f"Upload {upload_name} does not exist.") from None
+            upload = Upload.of(record)
+            if not change(upload):
+                return upload
+            if self.store.replace_record(bucket, key, asdict(upload), version) is not None:
+                return upload
+        raise errors.Unavailable(
+            f"Upload {upload_name} is being changed by many calls at once; try again.",
+            retry_after_seconds=1,
+        )
+
+    @staticmethod
+    def _not_open(upload_name: str, upload: Upload) -> errors.RemindError:
+        if upload.state == DONE:
+            return errors.FailedPrecondition(
+                f"Upload {upload_name} is already finished as {upload.media}; "
+                "start a new upload to send more."
             )
-        except errors.NotFound:
-            raise errors.NotFound(
-                f"Upload uploads/{upload_id} does not exist or is already finished."
-            ) from None
+        return errors.FailedPrecondition(
+            f"Upload {upload_name} is being finished and takes no more chunks."
+        )
+
+    def _upload_chunks(self, scope: str, upload_id: str, upload: Upload) -> Iterator[bytes]:
+        bucket = self.settings.uploads_bucket
+        if not upload.parts:
+            key = form_key(scope, upload_id)
+            size = self.store.size(bucket, key)
+            if size > upload.declared_bytes:  # the form's policy already refuses this
+                raise errors.InvalidInput(
+                    f"The posted file is {size} bytes; the upload was declared as "
+                    f"{upload.declared_bytes}."
+                )
+            return self.store.iter_chunks(bucket, key)
+        return (
+            chunk
+            for part in upload.parts
+            for chunk in self.store.iter_chunks(bucket, part_key(scope, upload_id, part))
+        )
+
+    def _delete_data(self, scope: str, upload_id: str, upload: Upload) -> None:
+        bucket = self.settings.uploads_bucket
+        for part in upload.parts:
+            self.store.delete(bucket, part_key(scope, upload_id, part))
+        self.store.delete(bucket, form_key(scope, upload_id))
 
     def _store_media(
-        self, scope: str, chunks: Iterable[bytes], content_type: str, filename: str
+        self, scope: str, media_id: str, chunks: Iterable[bytes], upload: Upload
     ) -> MediaRecord:
-        media_id = uuid.uuid4().hex
-        key = f"{scope}/media/{media_id}/{filename}"
+        key = f"{scope}/media/{media_id}/{upload.filename}"
         reader = _ChunkReader(chunks)
-        self.store.put_new(
-            self.settings.uploads_bucket,
-            key,
-            reader,  # type: ignore[arg-type]
-            content_type=content_type or "application/octet-stream",
+        self.store.put(
+            self.settings.uploads_bucket, key, reader, -1, upload.content_type  # type: ignore[arg-type]
         )
         size = self.store.size(self.settings.uploads_bucket, key)
         if size == 0:
@@ -295,11 +461,11 @@ class MediaLibrary:
             MEDIA_PREFIX + media_id,
             self.settings.uploads_bucket,
             key,
-            content_type or "application/octet-stream",
+            upload.content_type,
             size,
             reader.digest.hexdigest(),
-            filename,
-            now_iso(),
+            upload.filename,
+            upload.create_time,
         )
         self._put_media_record(scope, media_id, media)
         return media

@@ -92,12 +92,12 @@ class ModelClient:
         by_name = {engine.name: engine for engine in listed.engines}
         if name not in by_name:
             raise errors.InvalidInput(
-                f"Unknown engine {name!r} for {self.what.lower()}; its engines: "
+                f"Unknown engine {errors.shown(name)} for {self.what.lower()}; its engines: "
                 f"{', '.join(by_name)}, auto."
             )
         if not by_name[name].ready:
             raise errors.FailedPrecondition(
-                f"{self.what} cannot run engine {name!r} now: {by_name[name].detail}"
+                f"{self.what} cannot run engine {errors.shown(name)} now: {by_name[name].detail}"
             )
 
 

@@ -1,6 +1,7 @@
 """Runs the orchestrator (the public API): `python -m services.orchestrator.server`."""
 
 import logging
+import threading
 from pathlib import Path
 
 from remind.v1 import account_service_pb2 as account_pb2
@@ -27,6 +28,7 @@ from services.orchestrator.servicer import (
     MediaServicer,
     TemplateServicer,
 )
+from services.orchestrator.sweeper import Sweeper
 from services.orchestrator.template_library import TemplateLibrary
 from services.orchestrator.video_job import VideoJob
 from services.shared.content_credentials import ContentSigner
@@ -99,7 +101,17 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     )
     auth = AuthInterceptor(keys, issuers, settings.open_tenant)
     running = start_server(settings, servicers, [auth])
-    running.on_stop.extend([board.shutdown, faceswap.close, lipsync.close, voice.close])
+    sweeping = threading.Event()
+    sweeper = Sweeper(media_library, settings)
+    threading.Thread(
+        target=sweeper.run_every,
+        args=(settings.sweep_interval_seconds, sweeping),
+        name="sweeper",
+        daemon=True,
+    ).start()
+    running.on_stop.extend(
+        [sweeping.set, board.shutdown, faceswap.close, lipsync.close, voice.close]
+    )
     return running
 
 

@@ -187,14 +187,15 @@ class MediaServicer(media_grpc.MediaServiceServicer):
     def CreateUpload(
         self, request: media_pb2.CreateUploadRequest, context: grpc.ServicerContext
     ) -> media_pb2.CreateUploadResponse:
-        upload, put_url, expires = self.media_library.create_upload(
+        upload, form = self.media_library.create_upload(
             current_owner().scope, request.content_type, request.filename, request.size_bytes
         )
         return media_pb2.CreateUploadResponse(
             upload=upload,
             max_chunk_bytes=self.settings.max_chunk_bytes,
-            put_url=put_url,
-            put_url_expire_time=_timestamp(expires),
+            form=media_pb2.UploadForm(
+                url=form.url, fields=form.fields, expire_time=_timestamp(form.expire_time)
+            ),
         )
 
     def AppendUpload(

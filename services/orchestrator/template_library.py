@@ -74,8 +74,8 @@ def template_id_of(name: str) -> str:
     template_id = name[len(TEMPLATE_PREFIX) :] if name.startswith(TEMPLATE_PREFIX) else ""
     if not _TEMPLATE_ID.match(template_id):
         raise errors.InvalidInput(
-            f"Template {name!r} is not a valid name; expected templates/<id> with lower-case "
-            "letters, digits and dashes."
+            f"Template {errors.shown(name)} is not a valid name; expected templates/<id> with "
+            "lower-case letters, digits and dashes."
         )
     return template_id
 

@@ -51,7 +51,7 @@ class EngineCatalog(Generic[EngineT]):
     def _load(self, name: str) -> None:
         if name not in self._factories:
             raise errors.InvalidInput(
-                f"Unknown engine {name!r}; known engines: {', '.join(self._factories)}"
+                f"Unknown engine {errors.shown(name)}; known engines: {', '.join(self._factories)}"
             )
         try:
             engine = self._factories[name]()
@@ -76,12 +76,13 @@ class EngineCatalog(Generic[EngineT]):
             raise errors.EngineNotReady("No engine is ready on this server.")
         if name not in self._factories:
             raise errors.InvalidInput(
-                f"Unknown engine {name!r}; known engines: {', '.join(self._factories)}, auto"
+                f"Unknown engine {errors.shown(name)}; "
+                f"known engines: {', '.join(self._factories)}, auto"
             )
         if name not in self._engines:
             status = self._status.get(name)
             reason = status.detail if status else "it is not enabled on this server"
-            raise errors.EngineNotReady(f"Engine {name!r} cannot serve: {reason}")
+            raise errors.EngineNotReady(f"Engine {errors.shown(name)} cannot serve: {reason}")
         return self._engines[name]
 
     def default_name(self) -> str:

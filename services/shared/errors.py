@@ -5,6 +5,18 @@ knows about gRPC.
 """
 
 
+# Names a caller sent are echoed in messages at most this long: a long name must not swell a
+# status past what proxies carry (Envoy answers 502 to oversized trailers).
+SHOWN_NAME_CHARS = 64
+
+
+def shown(name: str) -> str:
+    """A caller's name as a message shows it: quoted, and cut short."""
+    if len(name) > SHOWN_NAME_CHARS:
+        return repr(name[:SHOWN_NAME_CHARS]) + f" (cut from {len(name)} characters)"
+    return repr(name)
+
+
 class RemindError(Exception):
     """Base class: the message is shown to the caller, so it must say what to do.
 

@@ -7,6 +7,7 @@ INTERNAL with a short reference, so callers never see a stack trace.
 
 import datetime
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,20 @@ STATUS_BY_ERROR: dict[type[errors.RemindError], grpc.StatusCode] = {
     errors.EngineNotReady: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
+
+# A status message is for a person: short, and free of the internals a tool may print.
+MAX_MESSAGE_CHARS = 1000
+_ADDRESS = re.compile(r"\s*@\s*0x[0-9a-fA-F]+|\b0x[0-9a-fA-F]{8,}\b")
+
+
+def public_message(message: str) -> str:
+    """The message as a caller sees it: memory addresses (ffmpeg prints its contexts' ones)
+    removed, and at most MAX_MESSAGE_CHARS characters."""
+    cleaned = _ADDRESS.sub("", message)
+    if len(cleaned) > MAX_MESSAGE_CHARS:
+        cleaned = cleaned[: MAX_MESSAGE_CHARS - 1] + "…"
+    return cleaned
+
 
 ERROR_BY_STATUS: dict[grpc.StatusCode, type[errors.RemindError]] = {
     code: error for error, code in STATUS_BY_ERROR.items() if error is not errors.EngineNotReady
@@ -62,7 +77,9 @@ def _with_retry_info(error: errors.RemindError) -> grpc.Status:
     detail.Pack(retry)
     code = status_for(error)
     return rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=str(error), details=[detail])
+        status_pb2.Status(
+            code=code.value[0], message=public_message(str(error)), details=[detail]
+        )
     )
 
 
@@ -75,7 +92,7 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     if isinstance(error, errors.RemindError) and error.retry_after_seconds is not None:
         context.abort_with_status(_with_retry_info(error))
     if isinstance(error, errors.RemindError):
-        context.abort(status_for(error), str(error))
+        context.abort(status_for(error), public_message(str(error)))
     reference = uuid.uuid4().hex[:12]
     log.exception("unhandled error, reference %s", reference)
     context.abort(grpc.StatusCode.INTERNAL, f"Internal error (reference {reference}).")

@@ -13,7 +13,7 @@ from pathlib import Path
 from minio.helpers import check_bucket_name
 from minio.helpers import check_object_name as check_key
 
-from services.shared.errors import InvalidInput, TooLarge
+from services.shared.errors import InvalidInput, TooLarge, shown
 from services.shared.storage import ObjectStore
 
 # S3's limit on a key's length, in UTF-8 bytes.
@@ -43,12 +43,12 @@ def check_object_name(bucket: str, key: str) -> None:
     try:
         check_bucket_name(bucket)
     except ValueError:
-        raise InvalidInput(f"{bucket!r} is not a valid S3 bucket name.") from None
+        raise InvalidInput(f"{shown(bucket)} is not a valid S3 bucket name.") from None
     try:
         check_key(key)
     except ValueError:
         raise InvalidInput(
-            f"{key!r} is not a valid key: it is blank or has a '.' or '..' segment."
+            f"{shown(key)} is not a valid key: it is blank or has a '.' or '..' segment."
         ) from None
     if len(key.encode()) > MAX_KEY_BYTES or any(ord(char) < 32 for char in key):
         raise InvalidInput(f"Keys are at most {MAX_KEY_BYTES} bytes without control characters.")
