@@ -280,6 +280,8 @@ class LocalStack:
                 REMIND_ORCHESTRATOR_TOKEN_ISSUERS_FILE=str(identity.issuers),
                 REMIND_ORCHESTRATOR_C2PA_CERTIFICATE_FILE=str(signing.certificate_chain),
                 REMIND_ORCHESTRATOR_C2PA_PRIVATE_KEY_FILE=str(signing.private_key),
+                # The edge runs on loopback: its x-forwarded-for names the caller.
+                REMIND_ORCHESTRATOR_TRUSTED_PROXIES="127.0.0.1",
             ),
             "edge": (self._edge_command(identity.jwks), {}),
             "web": (

@@ -21,6 +21,9 @@ class OrchestratorSettings(ServerSettings):
     api_keys_file: str = ""
     token_issuers_file: str = ""
     open_tenant: str = "local"
+    # Open streaming calls of one tenant (every caller without one, e.g. health Watch, counts
+    # as one tenant), on top of the caps of every server (see ServerSettings).
+    max_streams_per_tenant: int = 500
     max_upload_bytes: int = 50 * 1024 * 1024
     max_chunk_bytes: int = 1024 * 1024
     gif_template_min_seconds: float = 1.0

@@ -13,7 +13,7 @@ from remind.v1 import media_service_pb2_grpc as media_grpc
 from remind.v1 import template_service_pb2 as templates_pb2
 from remind.v1 import template_service_pb2_grpc as templates_grpc
 
-from services.orchestrator.auth import ApiKeys, AuthInterceptor, TokenIssuers
+from services.orchestrator.auth import ApiKeys, AuthInterceptor, TokenIssuers, current_owner
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.erasure import Erasure
 from services.orchestrator.frame_pipeline import RetryPolicy
@@ -31,12 +31,22 @@ from services.orchestrator.servicer import (
 from services.orchestrator.sweeper import Sweeper
 from services.orchestrator.template_library import TemplateLibrary
 from services.orchestrator.video_job import VideoJob
+from services.shared.admission import StreamCap
 from services.shared.content_credentials import ContentSigner
 from services.shared.server import GrpcService, RunningServer, serve, start_server
 from services.shared.settings import S3Settings
 from services.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+
+
+def caller_tenant(_context: object) -> str:
+    """The tenant of an authenticated call; "" for the open services (health, reflection)."""
+    try:
+        return current_owner().tenant
+    except LookupError:
+        return ""
+
 
 def trust_anchors(settings: OrchestratorSettings, signer: ContentSigner) -> str:
     """The PEM roots VerifyMedia trusts: the configured ones, else our own chain's root."""
@@ -100,7 +110,8 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
         else None
     )
     auth = AuthInterceptor(keys, issuers, settings.open_tenant)
-    running = start_server(settings, servicers, [auth])
+    per_tenant = StreamCap("per tenant", settings.max_streams_per_tenant, caller_tenant)
+    running = start_server(settings, servicers, [auth], [per_tenant])
     sweeping = threading.Event()
     sweeper = Sweeper(media_library, settings)
     threading.Thread(

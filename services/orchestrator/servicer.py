@@ -26,6 +26,7 @@ from services.orchestrator.media_library import MediaLibrary, MediaRecord
 from services.orchestrator.template_library import GIF, VIDEO, TemplateLibrary, TemplateRecord
 from services.shared import errors, wire
 from services.shared.provenance import MediaVerdict, verify_media
+from services.shared.streams import with_idle_timeout
 
 KIND_NAMES = {templates_pb2.TEMPLATE_KIND_GIF: GIF, templates_pb2.TEMPLATE_KIND_VIDEO: VIDEO}
 KIND_VALUES = {name: value for value, name in KIND_NAMES.items()}
@@ -217,12 +218,16 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         request_iterator: Iterator[media_pb2.UploadMediaRequest],
         context: grpc.ServicerContext,
     ) -> media_pb2.UploadMediaResponse:
+        # A stalled upload would otherwise hold its thread and stream place until it closes.
+        requests = with_idle_timeout(
+            request_iterator, self.settings.request_idle_timeout_seconds, "UploadMedia"
+        )
         metadata = wire.first_message(
-            request_iterator, "metadata", "The first UploadMedia message must be the metadata."
+            requests, "metadata", "The first UploadMedia message must be the metadata."
         )
 
         def chunks() -> Iterator[bytes]:
-            for request in request_iterator:
+            for request in requests:
                 wire.require(request.HasField("chunk"), "Only chunks may follow the metadata.")
                 yield request.chunk
 

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.shared.admission import StreamAdmission, StreamCap, caller_address, trusted_networks
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.errors import Misconfigured
 from services.shared.grpc_status import StatusInterceptor
@@ -93,19 +94,43 @@ class GrpcService:
         return cls(add_servicer, pb2.DESCRIPTOR.services_by_name[name].full_name)
 
 
+def stream_caps(settings: ServerSettings) -> list[StreamCap]:
+    """The stream caps of every server: in all, and per caller address."""
+    proxies = trusted_networks(settings.trusted_proxies)
+    return [
+        StreamCap("in all", settings.max_streams, lambda _context: ""),
+        StreamCap(
+            "per caller address",
+            settings.max_streams_per_address,
+            lambda context: caller_address(context, proxies),
+        ),
+    ]
+
+
 def start_server(
     settings: ServerSettings,
     servicers: Iterable[tuple[Any, GrpcService]],
     interceptors: Iterable[grpc.ServerInterceptor] = (),
+    more_stream_caps: Iterable[StreamCap] = (),
 ) -> RunningServer:
     """Starts a server with its servicers, each paired with the generated service it serves."""
+    admission = StreamAdmission([*stream_caps(settings), *more_stream_caps])
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+        # Streams are capped at `max_streams`, so `max_workers` threads stay for unary calls.
+        futures.ThreadPoolExecutor(max_workers=settings.max_streams + settings.max_workers),
         # Outermost first: metrics see the final status, which StatusInterceptor sets for any
         # domain error raised by the handler or by the interceptors after it (e.g. auth).
-        interceptors=[MetricsInterceptor(), TraceInterceptor(), StatusInterceptor(), *interceptors],
+        # Admission comes last: a caller auth refuses holds no stream place.
+        interceptors=[
+            MetricsInterceptor(),
+            TraceInterceptor(),
+            StatusInterceptor(),
+            *interceptors,
+            admission,
+        ],
         options=message_options(settings.max_message_bytes),
-        maximum_concurrent_rpcs=settings.max_workers * 4,
+        # Beyond this, unary calls wait for a thread no longer but are refused at once.
+        maximum_concurrent_rpcs=settings.max_streams + settings.max_workers * 4,
     )
     service_names = []
     for servicer, service in servicers:

@@ -59,19 +59,30 @@ class S3Settings:
 
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
-    """What every gRPC server shares: ports, threads, message limits, shutdown grace."""
+    """What every gRPC server shares: ports, threads, stream caps, message limits, shutdown
+    grace."""
 
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 0  # 0 = no metrics endpoint
+    # Threads for unary calls and health checks, which streams can never take.
     max_workers: int = 16
+    # Open streaming calls, each holding a thread while open, idle or not: in all, and per
+    # caller address. A stream beyond either cap is refused with RESOURCE_EXHAUSTED.
+    max_streams: int = 1000
+    max_streams_per_address: int = 100
+    # Proxies (the edge) whose x-forwarded-for names the caller's address: comma-separated
+    # addresses or networks. Empty: the caller's address is the peer's.
+    trusted_proxies: str = ""
+    # A request stream that sends nothing for this long (its first message included) is ended.
+    request_idle_timeout_seconds: float = 30.0
     max_message_bytes: int = 8 * 1024 * 1024
     shutdown_grace_seconds: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelServerSettings(ServerSettings):
-    """What every model service adds: its engines, their weights and threads, idle streams."""
+    """What every model service adds: its engines, their weights and threads."""
 
     # Comma-separated engines to load at start; empty loads every known engine.
     engines: str = ""
@@ -79,8 +90,6 @@ class ModelServerSettings(ServerSettings):
     models_dir: str = ""
     # CPU threads of the engines' runtime (torch, onnxruntime); 0 uses every core.
     cpu_threads: int = 0
-    # A stream that sends nothing for this long (its config included) is ended.
-    request_idle_timeout_seconds: float = 30.0
 
     def enabled_engines(self) -> list[str]:
         return [name.strip() for name in self.engines.split(",") if name.strip()]

@@ -75,6 +75,6 @@ def with_idle_timeout(items: Iterator[ItemT], timeout: float, what: str) -> Iter
         items,
         4,
         timeout,
-        f"The {what} stream sent nothing for {timeout:g} s: send the config first, "
-        "then the rest, and close the stream.",
+        f"The {what} stream sent nothing for {timeout:g} s: send its first message (the "
+        "config or metadata) at once, then the rest, and close the stream.",
     )
