@@ -33,6 +33,12 @@ class OrchestratorSettings(ServerSettings):
     # 1080p in either orientation.
     max_template_long_side: int = 1920
     max_template_short_side: int = 1080
+    # Templates are measured from their packets, never taken at their headers' word: at most
+    # this many frames, played at most this fast, and at most this many pixels in all their
+    # frames together (60 s of 1080p at 30 fps), which bounds what one job can cost.
+    max_template_frames: int = 3600
+    max_template_fps: float = 60.0
+    max_template_pixel_frames: int = 1920 * 1080 * 30 * 60
     presigned_url_seconds: int = 900
     # An upload not finished within its lifetime is removed; so is, after the grace, anything
     # in storage no record owns (left by a process killed mid-write). The sweep runs this often.

@@ -155,7 +155,7 @@ class TemplateLibrary:
         extension, _ = EXTENSIONS[template.kind]
         path = directory / f"template{extension}"
         self.store.download(template.bucket, template.key, path)
-        return LocalTemplate(template, path, video.probe(path))
+        return LocalTemplate(template, path, video.probe(path, self.settings.max_template_frames))
 
     def create(
         self, owner: Owner, media_name: str, template_id: str, display_name: str
@@ -171,9 +171,9 @@ class TemplateLibrary:
         with tempfile.TemporaryDirectory() as work:
             path = Path(work) / "template"
             self.media_library.download(upload, path)
-            info = video.probe(path)
+            info = video.probe(path, self.settings.max_template_frames)
             kind = self._check_template(info)
-            self._check_has_face(path)
+            self._check_has_face(path, info)
             extension, content_type = EXTENSIONS[kind]
             key = f"{owner.scope}/{template_id}{extension}"
             self.store.put_new_file(self.settings.templates_bucket, key, path, content_type)
@@ -195,6 +195,7 @@ class TemplateLibrary:
                 "The template's picture size cannot be read: its header is damaged or forged."
             )
         kind = GIF if info.format_name == "gif" else VIDEO
+        self._check_frames(info)
         long_side, short_side = max(info.width, info.height), min(info.width, info.height)
         if (
             long_side > self.settings.max_template_long_side
@@ -217,8 +218,31 @@ class TemplateLibrary:
             )
         return kind
 
-    def _check_has_face(self, path: Path) -> None:
-        info = video.probe(path)
+    def _check_frames(self, info: video.MediaInfo) -> None:
+        """Frame count, frame rate and total pixels, as measured (not as the headers say)."""
+        settings = self.settings
+        if info.frame_count > settings.max_template_frames:
+            raise errors.InvalidInput(
+                f"The template has more than {settings.max_template_frames:,} frames (whatever "
+                f"its header says); templates have at most {settings.max_template_frames:,}: "
+                "shorten it or lower its frame rate."
+            )
+        if info.fps > settings.max_template_fps:
+            raise errors.InvalidInput(
+                f"The template plays at {info.fps:,.0f} frames per second ({info.frame_count:,} "
+                f"frames in {info.duration_seconds:.2f} s); templates play at most "
+                f"{settings.max_template_fps:g}: re-encode it at 30 fps or less."
+            )
+        pixel_frames = info.width * info.height * info.frame_count
+        if pixel_frames > settings.max_template_pixel_frames:
+            raise errors.InvalidInput(
+                f"The template is {info.width}x{info.height} with {info.frame_count:,} frames, "
+                f"{pixel_frames / 1e9:.1f} billion pixels in all; templates hold at most "
+                f"{settings.max_template_pixel_frames / 1e9:.1f} billion: shorten it, or lower "
+                "its frame rate or resolution."
+            )
+
+    def _check_has_face(self, path: Path, info: video.MediaInfo) -> None:
         step = max(1, info.frame_count // FACE_CHECK_SAMPLES)
         analyzer = faces.default_analyzer()
         for index, frame in enumerate(video.iter_frames(path)):

@@ -1,5 +1,6 @@
 """Still images: photos and frames as RGB uint8 arrays of shape (height, width, 3), everywhere
-in Re:Mind. Decoding is refused from the header alone when the image is too large.
+in Re:Mind. Decoding is refused from the header alone when the image is too large: too many
+pixels, or more memory to decode than the budget (a small 16-bit RGBA PNG can need gigabytes).
 
 The header parsers are small and ours on purpose: Pillow's `Image.open` needs a whole WebP
 file before it reports a size, and refuses a forged giant header with its own global
@@ -22,6 +23,14 @@ SUPPORTED_PHOTO_FORMATS = "JPEG, PNG, GIF or WebP"
 # matters more than the last few percent of size.
 PNG_COMPRESSION_LEVEL = 1
 
+# What an 8-bit RGB image costs to decode, per pixel: OpenCV's imdecode holds a second copy of
+# the decoded pixels while it decodes (measured with OpenCV 5.1: peak = 2x the result). A pixel
+# limit alone is stated in these bytes, so deeper or transparent images get fewer pixels.
+RGB_DECODE_BYTES_PER_PIXEL = 2 * 3
+# Transparent images are flattened onto white this many rows at a time, so the float copies
+# that blending needs stay a few megabytes whatever the image size.
+FLATTEN_ROWS = 256
+
 
 @dataclass(frozen=True)
 class ImageHeader:
@@ -31,6 +40,27 @@ class ImageHeader:
     width: int
     height: int
     has_alpha: bool
+    # Channels and bits per channel as stored; GIF, JPEG and WebP are 8-bit.
+    channels: int = 3
+    bits_per_channel: int = 8
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def decode_bytes(self) -> int:
+        """Peak memory of `decode_image` for this image, every intermediate copy included."""
+        if not self.has_alpha:  # decoded straight to 8-bit RGB, whatever the stored depth
+            return self.pixels * RGB_DECODE_BYTES_PER_PIXEL
+        # Decoded as stored (two copies while decoding), then flattened into 8-bit RGB.
+        stored = self.channels * (2 if self.bits_per_channel > 8 else 1)
+        return self.pixels * max(2 * stored, stored + 3)
+
+    def describe(self) -> str:
+        """"16-bit PNG with transparency", "JPEG": what makes an image cost what it does."""
+        depth = f"{self.bits_per_channel}-bit " if self.bits_per_channel > 8 else ""
+        alpha = " with transparency" if self.has_alpha else ""
+        return f"{depth}{self.format_name.upper()}{alpha}"
 
 
 def read_image_header(data: bytes) -> ImageHeader | None:
@@ -52,9 +82,17 @@ def _png_header(data: bytes) -> ImageHeader | None:
     if len(data) < 26 or data[12:16] != b"IHDR":
         return None
     width, height = struct.unpack_from(">II", data, 16)
-    colour_type = data[25]
-    # Colour types 4 and 6 are grey+alpha and RGBA.
-    return ImageHeader("png", width, height, has_alpha=colour_type in (4, 6))
+    bit_depth, colour_type = data[24], data[25]
+    # Colour types (PNG spec 11.2.2): 0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA.
+    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour_type, 4)
+    return ImageHeader(
+        "png",
+        width,
+        height,
+        has_alpha=colour_type in (4, 6),
+        channels=channels,
+        bits_per_channel=bit_depth,
+    )
 
 
 # Start-of-frame markers carry the dimensions; C4 (DHT), C8 (JPG) and CC (DAC) share the range.
@@ -104,8 +142,10 @@ def _webp_header(data: bytes) -> ImageHeader | None:
     return None
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode a photo to RGB, refusing it from its header alone if it has too many pixels.
+def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> np.ndarray:
+    """Decode a photo to RGB, refusing it from its header alone if it has too many pixels or
+    would need more than `max_bytes` of memory to decode (by default, what `max_pixels` of
+    8-bit RGB need).
 
     EXIF orientation is applied, greyscale is expanded to RGB and transparency is flattened
     onto white (a cut-out portrait should look like one on a plain background).
@@ -125,6 +165,14 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             f"({header.width * header.height / 1e6:.1f} megapixels), over the limit of "
             f"{max_pixels / 1e6:.1f} megapixels: resize it and upload it again."
         )
+    budget = max_pixels * RGB_DECODE_BYTES_PER_PIXEL if max_bytes is None else max_bytes
+    if header.decode_bytes() > budget:
+        raise TooLarge(
+            f"The photo is a {header.width}x{header.height} {header.describe()}, which needs "
+            f"{header.decode_bytes() / 2**20:,.0f} MiB of memory to decode, over the limit of "
+            f"{budget / 2**20:,.0f} MiB: save it as an 8-bit JPEG or PNG without transparency, "
+            "or resize it."
+        )
 
     buffer = np.frombuffer(data, dtype=np.uint8)
     if header.has_alpha:
@@ -143,7 +191,16 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def _flatten_alpha(decoded: np.ndarray) -> np.ndarray:
-    """RGB over a white background from whatever IMREAD_UNCHANGED returned (BGR order)."""
+    """RGB over a white background from whatever IMREAD_UNCHANGED returned (BGR order),
+    converted a band of rows at a time into one 8-bit result."""
+    height, width = decoded.shape[:2]
+    flattened = np.empty((height, width, 3), np.uint8)
+    for top in range(0, height, FLATTEN_ROWS):
+        flattened[top : top + FLATTEN_ROWS] = _flatten_rows(decoded[top : top + FLATTEN_ROWS])
+    return flattened
+
+
+def _flatten_rows(decoded: np.ndarray) -> np.ndarray:
     if decoded.dtype == np.uint16:
         decoded = (decoded >> 8).astype(np.uint8)
     if decoded.ndim == 2:
@@ -152,10 +209,10 @@ def _flatten_alpha(decoded: np.ndarray) -> np.ndarray:
     if channels == 3:
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     if channels == 2:
-        colour = cv2.cvtColor(decoded[:, :, 0], cv2.COLOR_GRAY2RGB)
+        colour = cv2.cvtColor(np.ascontiguousarray(decoded[:, :, 0]), cv2.COLOR_GRAY2RGB)
         alpha = decoded[:, :, 1]
     else:
-        colour = cv2.cvtColor(decoded[:, :, :3], cv2.COLOR_BGR2RGB)
+        colour = cv2.cvtColor(np.ascontiguousarray(decoded[:, :, :3]), cv2.COLOR_BGR2RGB)
         alpha = decoded[:, :, 3]
     weight = alpha[:, :, np.newaxis].astype(np.float32) / 255.0
     flattened = colour.astype(np.float32) * weight + 255.0 * (1.0 - weight)

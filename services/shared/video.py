@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -16,21 +15,30 @@ from typing import IO, Self
 import numpy as np
 
 from services.shared.errors import InvalidInput, RemindError
-from services.shared.ffmpeg import StderrTail, ffprobe, read_exactly
+from services.shared.ffmpeg import StderrTail, ffprobe, last_line, read_exactly
 from services.shared.images import check_frame
 
-# Error diffusion keeps skin gradients smooth; the palette is built from all frames because
-# in a moving-head template the whole picture moves, not just a small region.
-GIF_FILTER = (
-    "split[frames][stats];"
-    "[stats]palettegen=stats_mode=full:reserve_transparent=0[palette];"
-    "[frames][palette]paletteuse=dither=sierra2_4a"
+# The palette is built from every frame (in a moving-head template the whole picture moves, not
+# just a small region) while the frames go to a lossless file on disk; a second pass dithers
+# them against it, with error diffusion to keep skin gradients smooth. Neither pass holds more
+# than a frame or two: the one-pass `split,palettegen,paletteuse` would hold the whole clip
+# until its palette is ready (4 GB for 6 s of 1080p at 25 fps).
+GIF_PALETTE_FILTER = (
+    "split[frames][stats];[stats]palettegen=stats_mode=full:reserve_transparent=0[palette]"
 )
+GIF_DITHER_FILTER = "[0:v][1:v]paletteuse=dither=sierra2_4a"
+
+
+# Video packets read to measure a file's timing when the caller sets no limit of its own:
+# over an hour at 25 fps, read in about a second.
+MAX_MEASURED_FRAMES = 100_000
 
 
 @dataclass(frozen=True)
 class MediaInfo:
-    """What ffprobe says about a media file. Sizes are as displayed (rotation applied)."""
+    """What a media file holds. Sizes are as displayed (rotation applied); a video's frame
+    count, duration and fps are measured from its packets, never taken from its headers, and
+    the count stops one past the limit the file was probed with (see `probe`)."""
 
     width: int
     height: int
@@ -43,8 +51,12 @@ class MediaInfo:
     video_codec: str
 
 
-def probe(path: str | Path) -> MediaInfo:
-    """Read a media file's streams with ffprobe; InvalidInput if it is not audio or video."""
+def probe(path: str | Path, max_frames: int = MAX_MEASURED_FRAMES) -> MediaInfo:
+    """Read a media file's streams with ffprobe; InvalidInput if it is not audio or video.
+
+    Video timing is measured by reading at most `max_frames + 1` packets, so a frame count
+    over `max_frames` means "more than that", and its duration and fps are then partial.
+    """
     report = ffprobe(path, "-show_format", "-show_streams")
     streams = report.get("streams", [])
     video = next(
@@ -76,8 +88,8 @@ def probe(path: str | Path) -> MediaInfo:
             video_codec="",
         )
 
-    fps = _frame_rate(video.get("avg_frame_rate")) or _frame_rate(video.get("r_frame_rate"))
-    frame_count = int(video.get("nb_frames") or 0) or _count_video_packets(path)
+    frame_count, duration = _measure_video(path, int(video.get("index", 0)), max_frames)
+    fps = frame_count / duration if duration > 0 else 0.0
     width, height = int(video.get("width", 0)), int(video.get("height", 0))
     if _rotation_degrees(video) % 180 == 90:
         width, height = height, width
@@ -94,21 +106,38 @@ def probe(path: str | Path) -> MediaInfo:
     )
 
 
-def _count_video_packets(path: str | Path) -> int:
-    # GIF and some streamed containers do not store a frame count; counting packets only
-    # demuxes, it never decodes a frame.
+def _measure_video(path: str | Path, stream_index: int, max_frames: int) -> tuple[int, float]:
+    """Frames and seconds of a video stream, from its packets' timestamps (demuxing only,
+    nothing is decoded), reading at most `max_frames + 1` packets.
+
+    Containers state a duration, a frame count and a frame rate in headers anyone can edit;
+    the packets' timestamps are what a decoder plays.
+    """
     report = ffprobe(
-        path, "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets"
-    )
-    streams = report.get("streams") or [{}]
-    return int(streams[0].get("nb_read_packets") or 0)
+        path,
+        "-select_streams", str(stream_index),
+        "-read_intervals", f"%+#{max_frames + 1}",
+        "-show_entries", "packet=pts_time,dts_time,duration_time",
+    )  # fmt: skip
+    starts, ends = [], []
+    for packet in report.get("packets", []):
+        start = _number(packet.get("pts_time"))
+        if start is None:
+            start = _number(packet.get("dts_time"))
+        if start is not None:
+            starts.append(start)
+            ends.append(start + (_number(packet.get("duration_time")) or 0.0))
+    frame_count = len(report.get("packets", []))
+    if not starts:
+        return frame_count, 0.0
+    return frame_count, max(max(ends) - min(starts), 0.0)
 
 
-def _frame_rate(rate: str | None) -> float:
+def _number(value: str | None) -> float | None:
     try:
-        return float(Fraction(rate)) if rate else 0.0
-    except (ValueError, ZeroDivisionError):  # ffprobe writes "0/0" when it does not know
-        return 0.0
+        return float(value) if value is not None else None
+    except ValueError:  # "N/A"
+        return None
 
 
 def _positive_float(value: str | None) -> float:
@@ -144,6 +173,10 @@ def _stream_frames(path: Path, width: int, height: int, fps: float | None) -> It
     command = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0"]
     if fps is not None:
         command += ["-vf", f"fps={fps}"]
+    else:
+        # One frame per packet, as measured: never duplicated to fill a frame rate a header
+        # may have made up.
+        command += ["-fps_mode", "passthrough"]
     command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     frame_size = width * height * 3
     process = subprocess.Popen(
@@ -210,14 +243,21 @@ class _FrameWriter:
         self._encoding: _Encoding | None = None
 
     def _output_arguments(self) -> list[str]:
+        """ffmpeg's arguments after its input: filters, codecs and the file(s) written."""
         raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Work left once ffmpeg has written every frame; raises RemindError on failure."""
+
+    def _remove_outputs(self) -> None:
+        self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         command = [
             "ffmpeg", "-v", "error", "-nostdin", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24",
             "-s", f"{self.width}x{self.height}", "-framerate", str(self.fps), "-i", "pipe:0",
-            *self._output_arguments(), str(self.path),
+            *self._output_arguments(),
         ]  # fmt: skip
         process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -251,7 +291,7 @@ class _FrameWriter:
             encoding.process.kill()
             encoding.process.wait()
             self._close_pipes(encoding)
-            self.path.unlink(missing_ok=True)
+            self._remove_outputs()
             return
         try:
             encoding.stdin.close()
@@ -260,13 +300,18 @@ class _FrameWriter:
         returncode = encoding.process.wait()
         self._close_pipes(encoding)
         if self.frames_written == 0:
-            self.path.unlink(missing_ok=True)
+            self._remove_outputs()
             raise RemindError(
                 f"Could not write the {self.kind} {self.path.name}: it has no frames."
             )
         if returncode != 0:
-            self.path.unlink(missing_ok=True)
+            self._remove_outputs()
             raise self._failure(encoding)
+        try:
+            self._finish()
+        except BaseException:
+            self._remove_outputs()
+            raise
 
     @staticmethod
     def _close_pipes(encoding: _Encoding) -> None:
@@ -286,8 +331,9 @@ class _FrameWriter:
 class GifEncoder(_FrameWriter):
     """Write RGB frames into a looping GIF as they arrive.
 
-    ffmpeg builds one palette from all frames (it holds them until the input ends, which is
-    what a global palette needs), then dithers every frame against it.
+    Two passes, so memory stays bounded whatever the clip: frames stream into a lossless Ut Video
+    file next to the GIF while their palette is gathered, then that file is dithered against
+    the palette into the GIF when the `with` block ends.
 
         with GifEncoder(path, 320, 320, fps=12) as gif:
             for frame in frames:
@@ -296,8 +342,41 @@ class GifEncoder(_FrameWriter):
 
     kind = "GIF"
 
+    @property
+    def _frames_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.frames.mkv")
+
+    @property
+    def _palette_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.palette.png")
+
     def _output_arguments(self) -> list[str]:
-        return ["-filter_complex", GIF_FILTER, "-loop", "0", "-f", "gif"]
+        return [
+            "-filter_complex", GIF_PALETTE_FILTER,
+            "-map", "[frames]", "-c:v", "utvideo", "-f", "matroska", str(self._frames_path),
+            "-map", "[palette]", "-update", "1", "-f", "image2", str(self._palette_path),
+        ]  # fmt: skip
+
+    def _finish(self) -> None:
+        command = [
+            "ffmpeg", "-v", "error", "-nostdin", "-y",
+            "-i", str(self._frames_path), "-i", str(self._palette_path),
+            "-filter_complex", GIF_DITHER_FILTER, "-loop", "0", "-f", "gif", str(self.path),
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, check=False)
+        self._remove_intermediates()
+        if result.returncode != 0:
+            reason = last_line(result.stderr.decode(errors="replace"), self.path)
+            reason = reason or f"ffmpeg exited with code {result.returncode}"
+            raise RemindError(f"Could not write the GIF {self.path.name}: {reason}")
+
+    def _remove_intermediates(self) -> None:
+        self._frames_path.unlink(missing_ok=True)
+        self._palette_path.unlink(missing_ok=True)
+
+    def _remove_outputs(self) -> None:
+        self._remove_intermediates()
+        super()._remove_outputs()
 
 
 class Mp4Encoder(_FrameWriter):
@@ -347,5 +426,5 @@ class Mp4Encoder(_FrameWriter):
             # H.264 in yuv420p needs even sides.
             "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
             "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart", "-f", "mp4",
+            "-movflags", "+faststart", "-f", "mp4", str(self.path),
         ]  # fmt: skip
