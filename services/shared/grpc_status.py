@@ -30,6 +30,7 @@ STATUS_BY_ERROR: dict[type[errors.RemindError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.EngineNotReady: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 ERROR_BY_STATUS: dict[grpc.StatusCode, type[errors.RemindError]] = {
