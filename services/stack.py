@@ -342,6 +342,9 @@ class LocalStack:
         data = self.state_dir / "s3-data"
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         data.chmod(0o700)
+        # `weed mini` saves its options there and reloads any not given below (a metrics port
+        # of an older stack, say): the command line is the whole configuration.
+        (data / "mini.options").unlink(missing_ok=True)
         config = self.state_dir / "s3-identities.json"
         # With an identities file SeaweedFS rejects wrong keys and anonymous requests.
         config.write_text(
