@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from services.shared.storage import ObjectStore
-from services.stack import LocalStack, StackInfo
+from services.stack import LocalStack
 
 BUCKET = "remind-uploads"
 SECRET = b"acme's private recording " * 40
@@ -31,6 +31,14 @@ def acme_object(store: ObjectStore) -> str:
     key = f"acme/locked-{time.time_ns()}.wav"
     store.put_new(BUCKET, key, io.BytesIO(SECRET), len(SECRET))
     return key
+
+
+def _store_pid(stack: LocalStack) -> int:
+    """The S3 server's pid now: an earlier test may have stopped and restarted it."""
+    stack.start()
+    info = stack.info()
+    assert info is not None
+    return info.pids["s3"]
 
 
 def _listening_sockets(pid: int) -> list[tuple[str, int]]:
@@ -114,10 +122,9 @@ def _grpc_refused(port: int, credentials: grpc.ChannelCredentials | None) -> grp
 
 
 def test_every_port_of_the_store_binds_loopback_and_refuses_anonymous_access(
-    stack: LocalStack, stack_info: StackInfo, store: ObjectStore, acme_object: str
+    stack: LocalStack, store: ObjectStore, acme_object: str
 ):
-    stack.start()  # an earlier test may have stopped a process on purpose
-    listening = _listening_sockets(stack_info.pids["s3"])
+    listening = _listening_sockets(_store_pid(stack))
     assert listening, "the S3 server listens on nothing?"
     assert {host for host, _ in listening} == {"127.0.0.1"}, listening
     store_ca = (stack.state_dir / "s3-tls" / "ca.pem").read_bytes()
@@ -139,7 +146,7 @@ def test_every_port_of_the_store_binds_loopback_and_refuses_anonymous_access(
     assert not store.exists(BUCKET, "acme/planted.wav")
 
 
-def test_the_stores_files_and_sockets_are_the_users_alone(stack: LocalStack, stack_info):
+def test_the_stores_files_and_sockets_are_the_users_alone(stack: LocalStack):
     data = stack.state_dir / "s3-data"
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE(stack.state_dir.stat().st_mode) == 0o700
@@ -152,7 +159,7 @@ def test_the_stores_files_and_sockets_are_the_users_alone(stack: LocalStack, sta
     ]
     assert exposed == []
     # Its local sockets (in /tmp, named after its ports) admit only the user.
-    ports = {str(port) for _, port in _listening_sockets(stack_info.pids["s3"])}
+    ports = {str(port) for _, port in _listening_sockets(_store_pid(stack))}
     sockets = [
         path
         for path in Path("/tmp").glob("seaweedfs-*.sock")
