@@ -22,6 +22,7 @@ from services.samples import sample_face_photo, sample_voice_recording
 from services.shared import images, video
 from services.shared.settings import S3Settings
 from services.shared.storage import ObjectStore
+from services.shared.storage_grants import GrantSigner
 from services.stack import LocalStack, ports_free
 
 LIMITS = (64 << 20, 1800.0)
@@ -47,7 +48,7 @@ def sequential(
     """The same work with no overlap: each stage finishes before the next begins."""
     faceswap = FaceSwapClient(info.faceswap_address, *LIMITS)
     lipsync = LipSyncClient(info.lipsync_address, *LIMITS)
-    separator = VoiceClient(info.voice_address, *LIMITS)
+    separator = VoiceClient(info.voice_address, *LIMITS, GrantSigner(info.grant_signing_key, 60))
     template = video.probe(template_path)
     started = time.perf_counter()
     identity = faceswap.prepare_identity(photo, "")

@@ -30,12 +30,15 @@ from services.local_issuer import (
     ensure_local_issuer,
     issue_token,
 )
+from services.local_store import ensure_store_tls, new_store_keys
 from services.orchestrator.auth import key_digest
 from services.shared.signing_certificates import LocalCredentials, ensure_local_credentials
+from services.shared.storage_grants import new_grant_keys
 
 DEFAULT_BASE_PORT = 18300
 # Offsets from the base port. SeaweedFS also listens on each of its ports + 10000 (gRPC).
-S3, MASTER, FILER, VOLUME, ICEBERG, ADMIN, S3_METRICS, LANCE = range(8)
+# (Offsets 4, 6 and 7 were its Iceberg, metrics and Lance ports, which are now off.)
+S3, MASTER, FILER, VOLUME, ADMIN = 0, 1, 2, 3, 5
 FACESWAP, ORCHESTRATOR, FACESWAP_METRICS, ORCHESTRATOR_METRICS = 10, 11, 12, 13
 VOICE, VOICE_METRICS = 14, 15
 # The gRPC-web edge (Envoy) and the web client's static files.
@@ -75,6 +78,9 @@ class StackInfo:
     # API key per tenant, for local clients; the orchestrator holds only their digests.
     # (Absent from the state files of older stacks, which must still stop.)
     api_keys: dict[str, str] = field(default_factory=dict)
+    # The orchestrator's storage grant key pair (base64); the voice service holds the public one.
+    grant_signing_key: str = ""
+    grant_verify_key: str = ""
 
     s3_endpoint = _Loopback(S3)
     orchestrator_address = _Loopback(ORCHESTRATOR)
@@ -168,12 +174,15 @@ class LocalStack:
         return bool(info and info.pids and all(pid_alive(pid) for pid in info.pids.values()))
 
     def _secrets(self) -> dict:
-        """S3 keys and API keys, made once per stack directory so data and clients keep working
-        across restarts; readable by this user only."""
+        """S3 keys, API keys and the storage grant keys, made once per stack directory so data
+        and clients keep working across restarts; readable by this user only."""
         secrets_file = self.state_dir / "secrets.json"
         stored = json.loads(secrets_file.read_text()) if secrets_file.exists() else {}
         stored.setdefault("access_key", "remind-local")
         stored.setdefault("secret_key", secrets.token_hex(20))
+        stored.setdefault("store_keys", new_store_keys())
+        if "grant_signing_key" not in stored:
+            stored["grant_signing_key"], stored["grant_verify_key"] = new_grant_keys()
         api_keys = stored.setdefault("api_keys", {})
         for tenant in self.tenants:
             api_keys.setdefault(tenant, f"rmk_{secrets.token_urlsafe(24)}")
@@ -206,6 +215,8 @@ class LocalStack:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **env},
                 start_new_session=True,
+                # What the processes write (stored objects, logs, sockets) is the user's alone.
+                umask=0o077,
             )
         return process.pid
 
@@ -215,7 +226,8 @@ class LocalStack:
 
     def start(self) -> StackInfo:
         """Starts whatever part of the stack is not running, in dependency order."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)
         previous = self.info()
         pids = {
             name: pid for name, pid in (previous.pids if previous else {}).items() if pid_alive(pid)
@@ -227,7 +239,13 @@ class LocalStack:
             )
         stored = self._secrets()
         info = StackInfo(
-            self.base_port, stored["access_key"], stored["secret_key"], pids, stored["api_keys"]
+            self.base_port,
+            stored["access_key"],
+            stored["secret_key"],
+            pids,
+            stored["api_keys"],
+            stored["grant_signing_key"],
+            stored["grant_verify_key"],
         )
         try:
             for name, (command, env) in self._processes(info).items():
@@ -267,9 +285,9 @@ class LocalStack:
             }
 
         return {
-            "s3": (self._s3_command(info), {}),
+            "s3": (self._s3_command(info), self._s3_env()),
             "faceswap": service("faceswap"),
-            "voice": service("voice"),
+            "voice": service("voice", REMIND_VOICE_GRANT_VERIFY_KEY=info.grant_verify_key),
             "lipsync": service("lipsync"),
             "orchestrator": service(
                 "orchestrator",
@@ -282,6 +300,7 @@ class LocalStack:
                 REMIND_ORCHESTRATOR_C2PA_PRIVATE_KEY_FILE=str(signing.private_key),
                 # The edge runs on loopback: its x-forwarded-for names the caller.
                 REMIND_ORCHESTRATOR_TRUSTED_PROXIES="127.0.0.1",
+                REMIND_ORCHESTRATOR_GRANT_SIGNING_KEY=info.grant_signing_key,
             ),
             "edge": (self._edge_command(identity.jwks), {}),
             "web": (
@@ -315,9 +334,19 @@ class LocalStack:
         envoy = str(Path(sys.executable).parent / "envoy")
         return [envoy, "-c", str(config), "--disable-hot-restart", "--log-level", "warn"]
 
+    def _s3_env(self) -> dict[str, str]:
+        """The store's JWT signing keys, admin password and gRPC certificates (see
+        services/local_store.py)."""
+        stored = json.loads((self.state_dir / "secrets.json").read_text())
+        return {**stored["store_keys"], **ensure_store_tls(self.state_dir / "s3-tls")}
+
     def _s3_command(self, info: StackInfo) -> list[str]:
         data = self.state_dir / "s3-data"
-        data.mkdir(parents=True, exist_ok=True)
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data.chmod(0o700)
+        # `weed mini` saves its options there and reloads any not given below (a metrics port
+        # of an older stack, say): the command line is the whole configuration.
+        (data / "mini.options").unlink(missing_ok=True)
         config = self.state_dir / "s3-identities.json"
         # With an identities file SeaweedFS rejects wrong keys and anonymous requests.
         config.write_text(
@@ -349,10 +378,11 @@ class LocalStack:
             f"-master.port={base + MASTER}",
             f"-filer.port={base + FILER}",
             f"-volume.port={base + VOLUME}",
-            f"-s3.port.iceberg={base + ICEBERG}",
             f"-admin.port={base + ADMIN}",
-            f"-metricsPort={base + S3_METRICS}",
-            f"-s3.port.lance={base + LANCE}",
+            # Only S3 serves objects: no master or filer HTTP API, no other gateways.
+            "-disableHttp",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-webdav=false",
             "-admin.ui=false",
         ]

@@ -112,7 +112,10 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
             env.update(config_maps[source["configMapRef"]["name"]]["data"])
         if "secretRef" in source:
             env.update(secrets[source["secretRef"]["name"]]["stringData"])
-    env.update({item["name"]: item["value"] for item in container.get("env", [])})
+    for item in container.get("env", []):
+        reference = item.get("valueFrom", {}).get("secretKeyRef")
+        value = secrets[reference["name"]]["stringData"][reference["key"]] if reference else None
+        env[item["name"]] = item["value"] if value is None else value
     return env
 
 

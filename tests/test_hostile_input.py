@@ -45,6 +45,7 @@ from services import samples as mixes
 from services.client import RemindClient
 from services.shared import images
 from services.shared.storage import ObjectStore
+from services.shared.storage_grants import READ, WRITE, GrantSigner
 from services.stack import LocalStack, StackInfo
 
 TIMEOUT = 60
@@ -416,11 +417,26 @@ def _prepare_identity(h: Hostile, photo: bytes, engine: str = ""):  # type: igno
     )
 
 
+def _grant(
+    h: Hostile, target: media_pb2.StorageObject, verb: media_pb2.StorageVerb
+) -> media_pb2.StorageGrant:
+    """The grant the orchestrator would send, so a case's one bad field is what is refused."""
+    return GrantSigner(h.info.grant_signing_key, TIMEOUT).grant(target, verb)
+
+
 def _probe(h: Hostile, **source: object) -> voice_pb2.ProbeAudioResponse:
-    return h.voice.ProbeAudio(voice_pb2.ProbeAudioRequest(**source), timeout=TIMEOUT)
+    request = voice_pb2.ProbeAudioRequest(**source)
+    if request.HasField("object"):
+        request.object_grant.CopyFrom(_grant(h, request.object, READ))
+    return h.voice.ProbeAudio(request, timeout=TIMEOUT)
 
 
 def _separate(h: Hostile, *requests: voice_pb2.SeparateVoiceRequest) -> list:
+    for config in (request.config for request in requests if request.HasField("config")):
+        if config.HasField("source"):
+            config.source_grant.CopyFrom(_grant(h, config.source, READ))
+        if config.HasField("store_prefix"):
+            config.store_prefix_grant.CopyFrom(_grant(h, config.store_prefix, WRITE))
     return list(h.voice.SeparateVoice(iter(requests), timeout=TIMEOUT))
 
 

@@ -16,6 +16,7 @@ from remind.v1 import media_pb2, voice_pb2
 
 from services.samples import make_mix, wav_bytes
 from services.shared.audio import to_pcm_s16le
+from services.shared.storage_grants import READ, WRITE, GrantSigner
 from services.voice.config import VoiceSettings
 from services.voice.server import start
 from tests.support.voice_client import VoiceClient
@@ -127,7 +128,9 @@ def test_video_with_sound_and_raw_pcm_are_accepted(voice, tmp_path):
     assert abs(result.summary.duration_seconds - 3.0) < 0.05
 
 
-def test_stored_stems_hold_the_streamed_samples_and_are_never_overwritten(voice, store, tmp_path):
+def test_stored_stems_hold_the_streamed_samples_and_are_never_overwritten(
+    voice, store, stack_info, tmp_path
+):
     store.ensure_buckets(BUCKET)
     key = f"inputs/{time.time_ns()}.wav"
     data = wav_bytes(make_mix("ko", 3.0).mixture)
@@ -135,7 +138,14 @@ def test_stored_stems_hold_the_streamed_samples_and_are_never_overwritten(voice,
     prefix = media_pb2.StorageObject(bucket=BUCKET, key=f"stems/{time.time_ns()}")
     source = media_pb2.StorageObject(bucket=BUCKET, key=key)
     both = (voice_pb2.STEM_VOCALS, voice_pb2.STEM_ACCOMPANIMENT)
-    result = voice.separate(source=source, store_prefix=prefix, stems=both, wiener_filter=True)
+    grants = GrantSigner(stack_info.grant_signing_key, 60)
+    granted = {
+        "source": source,
+        "source_grant": grants.grant(source, READ),
+        "store_prefix": prefix,
+        "store_prefix_grant": grants.grant(prefix, WRITE),
+    }
+    result = voice.separate(stems=both, wiener_filter=True, **granted)
     keys = sorted(item.key for item in result.summary.stored)
     assert keys == [f"{prefix.key}/accompaniment.wav", f"{prefix.key}/vocals.wav"]
     for stem_key in keys:
@@ -146,7 +156,7 @@ def test_stored_stems_hold_the_streamed_samples_and_are_never_overwritten(voice,
         assert (info.samplerate, info.channels, info.subtype) == (44100, 2, "PCM_16")
         stored, _ = soundfile.read(path, dtype="int16")
         assert stored.astype("<i2").tobytes() == result.pcm[stem]  # the very samples streamed
-    error = _status(lambda: voice.separate(source=source, store_prefix=prefix))
+    error = _status(lambda: voice.separate(**granted))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
 
 

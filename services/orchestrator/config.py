@@ -63,6 +63,11 @@ class OrchestratorSettings(ServerSettings):
     c2pa_trust_anchors_file: str = ""
     # How often progress is written to the job record while a job runs.
     progress_persist_seconds: float = 1.0
+    # The storage grant private key (base64, see services/shared/storage_grants.py): model
+    # services read and write stored objects only with a grant it signs. Required.
+    grant_signing_key: str = ""
+    # How long a grant is good for: it is checked when a model call starts, not after.
+    grant_seconds: float = 120.0
 
     @classmethod
     def load(cls) -> "OrchestratorSettings":

@@ -3,7 +3,8 @@
 Every client dials its service the same way (`model_channel`) and turns its statuses back into
 domain errors. Frame streams send a config first and then frames, and stream back one response
 per frame; closing the returned generator cancels the call. Recordings travel by reference
-(a storage object the voice service reads itself); stems and features come back as streams.
+(a storage object the voice service reads itself, with a grant for it signed here); stems and
+features come back as streams.
 """
 
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from services.orchestrator.frame_pipeline import FRAME_FORMAT
 from services.shared import errors
 from services.shared.grpc_status import error_from_rpc
 from services.shared.server import message_options
+from services.shared.storage_grants import READ, GrantSigner
 from services.shared.tracing import trace_metadata
 
 PREPARE_TIMEOUT_SECONDS = 20.0
@@ -167,9 +169,18 @@ class VoiceClient(ModelClient):
     list_engines_rpc = "ListVoiceEngines"
     list_engines_request = voice_pb2.ListVoiceEnginesRequest
 
+    def __init__(
+        self, address: str, max_message_bytes: int, timeout_seconds: float, grants: GrantSigner
+    ) -> None:
+        super().__init__(address, max_message_bytes, timeout_seconds)
+        self.grants = grants
+
     def probe_audio(self, recording: media_pb2.StorageObject) -> voice_pb2.ProbeAudioResponse:
         """Checks that a stored recording is audio the service can use, from its header."""
-        return self._unary(self.stub.ProbeAudio, voice_pb2.ProbeAudioRequest(object=recording))
+        request = voice_pb2.ProbeAudioRequest(
+            object=recording, object_grant=self.grants.grant(recording, READ)
+        )
+        return self._unary(self.stub.ProbeAudio, request)
 
     def extract_voice(
         self,
@@ -181,7 +192,10 @@ class VoiceClient(ModelClient):
         """Streams the vocals stem of a stored recording to `on_vocals` as it is separated
         (PCM in the format each chunk declares); returns the summary."""
         config = voice_pb2.SeparationConfig(
-            engine=engine, source=recording, stems=[voice_pb2.STEM_VOCALS]
+            engine=engine,
+            source=recording,
+            source_grant=self.grants.grant(recording, READ),
+            stems=[voice_pb2.STEM_VOCALS],
         )
         summary = voice_pb2.SeparationSummary()
         requests = iter([voice_pb2.SeparateVoiceRequest(config=config)])

@@ -36,6 +36,7 @@ from services.shared.content_credentials import ContentSigner
 from services.shared.server import GrpcService, RunningServer, serve, start_server
 from services.shared.settings import S3Settings
 from services.shared.storage import ObjectStore
+from services.shared.storage_grants import GrantSigner
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
         settings.c2pa_private_key_file,
         settings.c2pa_timestamp_url,
     )
+    grants = GrantSigner(
+        settings.grant_signing_key, settings.grant_seconds, "REMIND_ORCHESTRATOR_GRANT_SIGNING_KEY"
+    )
     store = ObjectStore(s3)
     store.ensure_buckets(
         settings.uploads_bucket,
@@ -85,7 +89,7 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     limits = (settings.max_message_bytes, settings.stage_timeout_seconds)
     faceswap = FaceSwapClient(settings.faceswap_address, *limits)
     lipsync = LipSyncClient(settings.lipsync_address, *limits)
-    voice = VoiceClient(settings.voice_address, *limits)
+    voice = VoiceClient(settings.voice_address, *limits, grants)
     retry = RetryPolicy(deadline_seconds=settings.stream_retry_seconds)
     services = JobServices(
         media_library, templates, faceswap, lipsync, voice, retry, signer, settings

@@ -63,3 +63,7 @@ class Unauthenticated(RemindError):
 class Misconfigured(RemindError):
     """A service's settings or files cannot work (a missing key, an invalid certificate):
     raised at start-up, which stops the service with this message."""
+
+
+class PermissionDenied(RemindError):
+    """The caller is known but may not do this: a storage reference without a valid grant."""

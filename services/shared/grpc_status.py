@@ -31,6 +31,7 @@ STATUS_BY_ERROR: dict[type[errors.RemindError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.EngineNotReady: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # A status message is for a person: short, and free of the internals a tool may print.

@@ -30,6 +30,9 @@ class VoiceSettings(ModelServerSettings):
     output_chunk_bytes: int = 128 * 1024
     # Where temporary copies of recordings are spooled (the system's default when empty).
     spool_dir: str = ""
+    # The orchestrator's storage grant public key (base64, see services/shared/storage_grants.py).
+    # Stored sources and stems need a grant signed by its private key; empty: none accepted.
+    grant_verify_key: str = ""
 
     @classmethod
     def load(cls) -> "VoiceSettings":

@@ -14,6 +14,7 @@ from services.shared import errors, wire
 from services.shared.audio import RawPcm, to_pcm_s16le
 from services.shared.engine_catalog import EngineCatalog
 from services.shared.storage import ObjectStore
+from services.shared.storage_grants import READ, WRITE, GrantChecker
 from services.voice import audio
 from services.voice.config import VoiceSettings
 from services.voice.engines.base import ACCOMPANIMENT, VOCALS, VoiceEngine
@@ -86,11 +87,32 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         self.settings = settings
         self.store = store
         self.slots = threading.BoundedSemaphore(settings.max_concurrent_streams)
+        self.grants = (
+            GrantChecker(settings.grant_verify_key, "REMIND_VOICE_GRANT_VERIFY_KEY")
+            if settings.grant_verify_key
+            else None
+        )
 
     def _require_store(self) -> ObjectStore:
         if self.store is None:
             raise errors.FailedPrecondition("This voice server has no object store configured.")
         return self.store
+
+    def _granted_store(
+        self,
+        target: media_pb2.StorageObject,
+        grant: media_pb2.StorageGrant,
+        verb: media_pb2.StorageVerb,
+    ) -> ObjectStore:
+        """The store, once `grant` lets this call `verb` the object `target` names."""
+        check_object_name(target.bucket, target.key)
+        if self.grants is None:
+            raise errors.PermissionDenied(
+                "This voice server has no grant verify key (REMIND_VOICE_GRANT_VERIFY_KEY), "
+                "so it accepts no stored objects: send the audio as chunks."
+            )
+        self.grants.check(target, grant, verb)
+        return self._require_store()
 
     def _workdir(self) -> tempfile.TemporaryDirectory:
         return tempfile.TemporaryDirectory(prefix="voice-", dir=self.settings.spool_dir or None)
@@ -101,8 +123,9 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         with self._workdir() as work:
             path = Path(work) / "recording"
             if request.HasField("object"):
+                store = self._granted_store(request.object, request.object_grant, READ)
                 fetch_object(
-                    self._require_store(), request.object.bucket, request.object.key, path,
+                    store, request.object.bucket, request.object.key, path,
                     self.settings.max_input_bytes,
                 )  # fmt: skip
             else:
@@ -152,8 +175,9 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         recording = work / "recording"
         raw = raw_format(config.format)
         if config.HasField("source"):
+            store = self._granted_store(config.source, config.source_grant, READ)
             fetch_object(
-                self._require_store(), config.source.bucket, config.source.key, recording,
+                store, config.source.bucket, config.source.key, recording,
                 self.settings.max_input_bytes,
             )  # fmt: skip
         else:
@@ -215,7 +239,7 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         wire.require(
             bool(prefix.bucket and prefix.key), "store_prefix needs both a bucket and a key."
         )
-        store = self._require_store()
+        store = self._granted_store(prefix, config.store_prefix_grant, WRITE)
         targets = {stem: (prefix.bucket, stored_key(prefix.key, stem)) for stem in stems}
         for bucket, key in targets.values():
             check_object_name(bucket, key)

@@ -44,6 +44,8 @@ class VoiceClient:
         stems: tuple[voice_pb2.Stem, ...] = (voice_pb2.STEM_VOCALS,),
         source: media_pb2.StorageObject | None = None,
         store_prefix: media_pb2.StorageObject | None = None,
+        source_grant: media_pb2.StorageGrant | None = None,
+        store_prefix_grant: media_pb2.StorageGrant | None = None,
         audio_format: media_pb2.AudioFormat | None = None,
         wiener_filter: bool = False,
         timeout: float = 300.0,
@@ -53,6 +55,8 @@ class VoiceClient:
             stems=stems,
             source=source,
             store_prefix=store_prefix,
+            source_grant=source_grant,
+            store_prefix_grant=store_prefix_grant,
             format=audio_format,
             wiener_filter=wiener_filter,
         )
