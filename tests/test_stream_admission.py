@@ -33,9 +33,12 @@ from remind.v1 import template_service_pb2 as templates_pb2
 from remind.v1 import template_service_pb2_grpc as templates_grpc
 
 from services.client import RemindClient
+from services.orchestrator.server import TEMPLATE_SERVICE
 from services.shared import images
 from services.shared.admission import peer_host, trusted_networks
 from services.shared.errors import Misconfigured
+from services.shared.server import start_server
+from services.shared.settings import ServerSettings
 from services.stack import LocalStack, pid_alive
 from tests.conftest import TENANTS, free_base_port
 
@@ -524,3 +527,45 @@ def test_idle_grpc_web_streams_through_the_edge_do_not_block_a_unary_call(
     assert health_watch.status == 404  # Watch is not routed to the public edge
     assert code == 0 and templates_pb2.ListTemplatesResponse.FromString(message).templates
     assert answer_seconds < ANSWER_SECONDS
+
+
+class _SlowTemplates(templates_grpc.TemplateServiceServicer):
+    """Unary calls that take their time, as a VerifyMedia or a CreateTemplate does."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def ListTemplates(self, request, context):  # type: ignore[no-untyped-def]
+        time.sleep(self.seconds)
+        return templates_pb2.ListTemplatesResponse()
+
+
+def test_slow_unary_calls_leave_threads_for_health_checks() -> None:
+    workers = 6
+    slow_method = f"/{TEMPLATE_SERVICE.full_name}/ListTemplates"
+    running = start_server(
+        ServerSettings(port=0, max_workers=workers),
+        [(_SlowTemplates(5.0), TEMPLATE_SERVICE)],
+        slow_methods=[slow_method],
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            templates = templates_grpc.TemplateServiceStub(channel)
+            slow = [
+                templates.ListTemplates.future(templates_pb2.ListTemplatesRequest(), timeout=30)
+                for _ in range(workers * 2)
+            ]
+            time.sleep(1.0)  # every slow call has reached the server
+            started = time.monotonic()
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = health.Check(health_pb2.HealthCheckRequest(), timeout=ANSWER_SECONDS)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            assert time.monotonic() - started < ANSWER_SECONDS
+            outcomes = [call.exception() for call in slow]
+        refused = [error for error in outcomes if error is not None]
+        # Half of the unary threads ran slow calls; the others were refused at once.
+        assert len(refused) == workers * 2 - workers // 2, [e and e.details() for e in outcomes]
+        assert all(error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for error in refused)
+        assert "busy" in refused[0].details()
+    finally:
+        running.stop()

@@ -60,6 +60,12 @@ JOB_SERVICE = GrpcService.of(jobs_grpc, jobs_pb2, "JobService")
 TEMPLATE_SERVICE = GrpcService.of(templates_grpc, templates_pb2, "TemplateService")
 MEDIA_SERVICE = GrpcService.of(media_grpc, media_pb2, "MediaService")
 ACCOUNT_SERVICE = GrpcService.of(account_grpc, account_pb2, "AccountService")
+# Unary calls that decode or copy whole files: capped, so quick calls always find a thread.
+SLOW_METHODS = (
+    f"/{MEDIA_SERVICE.full_name}/VerifyMedia",
+    f"/{MEDIA_SERVICE.full_name}/FinishUpload",
+    f"/{TEMPLATE_SERVICE.full_name}/CreateTemplate",
+)
 
 
 def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
@@ -115,7 +121,7 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     )
     auth = AuthInterceptor(keys, issuers, settings.open_tenant)
     per_tenant = StreamCap("per tenant", settings.max_streams_per_tenant, caller_tenant)
-    running = start_server(settings, servicers, [auth], [per_tenant])
+    running = start_server(settings, servicers, [auth], [per_tenant], SLOW_METHODS)
     sweeping = threading.Event()
     sweeper = Sweeper(media_library, settings)
     threading.Thread(

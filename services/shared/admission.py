@@ -4,7 +4,9 @@ The servers are synchronous: each open stream (WatchJob, health Watch, a client 
 stream) holds one thread for as long as it lasts, even idle. Streams are counted, in all and
 per caller (address, and tenant where there is one), and a stream beyond a cap is refused at
 once with RESOURCE_EXHAUSTED and a retry hint. The thread pool has `max_streams` threads for
-streams plus `max_workers` that only unary calls and health checks can reach.
+streams plus `max_workers` that only unary calls and health checks can reach; the unary calls a
+server names slow (a VerifyMedia, a CreateTemplate) are capped at half of those, so they cannot
+keep quick calls or a liveness probe waiting either.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import ipaddress
 import threading
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from services.shared.handlers import Continuation, within
 
 # Streams last minutes; a refused caller should not hammer the server meanwhile.
 STREAM_RETRY_SECONDS = 10.0
+SLOW_CALL_RETRY_SECONDS = 2.0
 FORWARDED_FOR_HEADER = "x-forwarded-for"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -80,37 +83,73 @@ def caller_address(context: grpc.ServicerContext, trusted_proxies: Sequence[Netw
 class StreamAdmission(grpc.ServerInterceptor):
     """Counts open streaming calls under each cap and refuses one that would exceed any."""
 
-    def __init__(self, caps: Sequence[StreamCap]) -> None:
+    def __init__(
+        self, caps: Sequence[StreamCap], slow_methods: Iterable[str], max_slow_calls: int
+    ) -> None:
         self.caps = caps
+        self.slow_methods = frozenset(slow_methods)
+        self.max_slow_calls = max(1, max_slow_calls)
         self._open: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
 
     @contextmanager
     def _admitted(self, context: grpc.ServicerContext) -> Iterator[None]:
-        slots = [(cap, (cap.per, cap.key_of(context))) for cap in self.caps]
-        with self._lock:
-            for cap, slot in slots:
-                if self._open[slot] >= cap.limit:
-                    raise errors.TooLarge(
-                        f"Too many open streams {cap.per} (at most {cap.limit}): close one "
-                        f"or retry in {STREAM_RETRY_SECONDS:g} s.",
-                        retry_after_seconds=STREAM_RETRY_SECONDS,
-                    )
-            for _, slot in slots:
-                self._open[slot] += 1
-        try:
+        places = [(cap.limit, (cap.per, cap.key_of(context))) for cap in self.caps]
+        with self._held(places) as refused_at:
+            if refused_at is not None:
+                cap = self.caps[refused_at]
+                raise errors.TooLarge(
+                    f"Too many open streams {cap.per} (at most {cap.limit}): close one "
+                    f"or retry in {STREAM_RETRY_SECONDS:g} s.",
+                    retry_after_seconds=STREAM_RETRY_SECONDS,
+                )
             yield
+
+    @contextmanager
+    def _slow_call_admitted(self, _context: grpc.ServicerContext) -> Iterator[None]:
+        with self._held([(self.max_slow_calls, ("slow calls", ""))]) as refused_at:
+            if refused_at is not None:
+                raise errors.TooLarge(
+                    f"The server is busy with {self.max_slow_calls} such calls at once: retry "
+                    f"in {SLOW_CALL_RETRY_SECONDS:g} s.",
+                    retry_after_seconds=SLOW_CALL_RETRY_SECONDS,
+                )
+            yield
+
+    @contextmanager
+    def _held(self, places: list[tuple[int, tuple[str, str]]]) -> Iterator[int | None]:
+        """Takes one of each (limit, place), or none of them when a place is full: then
+        yields the index of the first full one."""
+        with self._lock:
+            full = next(
+                (
+                    index
+                    for index, (limit, place) in enumerate(places)
+                    if self._open[place] >= limit
+                ),
+                None,
+            )
+            if full is None:
+                for _, place in places:
+                    self._open[place] += 1
+        try:
+            yield full
         finally:
-            with self._lock:
-                for _, slot in slots:
-                    self._open[slot] -= 1
-                    if not self._open[slot]:
-                        del self._open[slot]
+            if full is None:
+                with self._lock:
+                    for _, place in places:
+                        self._open[place] -= 1
+                        if not self._open[place]:
+                            del self._open[place]
 
     def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None or not (handler.request_streaming or handler.response_streaming):
+        if handler is None:
             return handler
-        return within(handler, self._admitted)
+        if handler.request_streaming or handler.response_streaming:
+            return within(handler, self._admitted)
+        if handler_call_details.method in self.slow_methods:
+            return within(handler, self._slow_call_admitted)
+        return handler

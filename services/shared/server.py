@@ -112,9 +112,14 @@ def start_server(
     servicers: Iterable[tuple[Any, GrpcService]],
     interceptors: Iterable[grpc.ServerInterceptor] = (),
     more_stream_caps: Iterable[StreamCap] = (),
+    slow_methods: Iterable[str] = (),
 ) -> RunningServer:
-    """Starts a server with its servicers, each paired with the generated service it serves."""
-    admission = StreamAdmission([*stream_caps(settings), *more_stream_caps])
+    """Starts a server with its servicers, each paired with the generated service it serves.
+    `slow_methods` ("/package.Service/Method"): unary calls that may take seconds, which may
+    hold at most half of the unary threads."""
+    admission = StreamAdmission(
+        [*stream_caps(settings), *more_stream_caps], slow_methods, settings.max_workers // 2
+    )
     server = grpc.server(
         # Streams are capped at `max_streams`, so `max_workers` threads stay for unary calls.
         futures.ThreadPoolExecutor(max_workers=settings.max_streams + settings.max_workers),
