@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,9 @@ CONTAINER = media_pb2.AudioFormat(encoding=media_pb2.AUDIO_ENCODING_CONTAINER)
 # What one photo may add to the faceswap server: decoding the largest photo allowed (40
 # megapixels of 8-bit RGB, or fewer of deeper or transparent ones) takes 229 MiB.
 PHOTO_BOUND = 300 * MIB
+# What eight of the largest photos at once may add: the shared decode budget, and the decoded
+# photos the detector works on.
+CONCURRENT_PHOTOS_BOUND = 1024 * MIB
 # What one frame or one refused recording may add to any service.
 FRAME_BOUND = 64 * MIB
 # What a GIF job on a 1080p template may add to the orchestrator and its ffmpeg processes.
@@ -303,3 +307,18 @@ def test_gif_job_on_a_1080p_template_stays_within_a_memory_bound(
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error
     assert final.result.frames_total == 100
     assert memory.growth < GIF_JOB_BOUND, memory.report()
+
+
+def test_photos_decoded_at_once_share_one_memory_budget(services: Services) -> None:
+    """Each photo is bounded on its own; eight of the largest at once share the process's
+    decode budget (images.DECODE_BUDGET, 768 MiB) instead of adding theirs up."""
+    photo = jpeg(6000)
+    with PeakMemory(services.info.pids["faceswap"]) as memory:
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(
+                pool.map(lambda _: _status(lambda: prepare_identity(photo)(services)), range(8))
+            )
+    print(f"8 photos of 36 megapixels at once: {outcomes}; {memory.report()}")
+    for code, message in outcomes:
+        assert code in (OK, PRECONDITION) or (code == EXHAUSTED and "retry" in message), message
+    assert memory.growth < CONCURRENT_PHOTOS_BOUND, memory.report()

@@ -10,6 +10,9 @@ decompression-bomb limit before ours can say what the image is.
 from __future__ import annotations
 
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -30,6 +33,42 @@ RGB_DECODE_BYTES_PER_PIXEL = 2 * 3
 # Transparent images are flattened onto white this many rows at a time, so the float copies
 # that blending needs stay a few megabytes whatever the image size.
 FLATTEN_ROWS = 256
+
+
+class DecodeBudget:
+    """Memory that the decodes running at once in a process share: each image is bounded by
+    its own budget, and this bounds their sum, so concurrent calls cannot add theirs up. A
+    decode waits for room, and is refused with a retry hint if none comes soon."""
+
+    def __init__(self, total_bytes: int, wait_seconds: float = 10.0) -> None:
+        self.total_bytes = total_bytes
+        self.wait_seconds = wait_seconds
+        self.in_use = 0
+        self._room = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(nbytes, self.total_bytes)
+        with self._room:
+            if not self._room.wait_for(
+                lambda: self.in_use + nbytes <= self.total_bytes, self.wait_seconds
+            ):
+                raise TooLarge(
+                    "The server is decoding other large images right now: retry in a few "
+                    "seconds.",
+                    retry_after_seconds=2.0,
+                )
+            self.in_use += nbytes
+        try:
+            yield
+        finally:
+            with self._room:
+                self.in_use -= nbytes
+                self._room.notify_all()
+
+
+# Three of the largest photos at once (229 MiB each), or sixty 1080p frames.
+DECODE_BUDGET = DecodeBudget(768 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -175,13 +214,14 @@ def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> 
         )
 
     buffer = np.frombuffer(data, dtype=np.uint8)
-    if header.has_alpha:
-        # IMREAD_UNCHANGED keeps the alpha channel; the formats that carry one here (PNG,
-        # WebP) rarely carry an EXIF orientation, which this flag would ignore.
-        decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-        image = None if decoded is None else _flatten_alpha(decoded)
-    else:
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
+    with DECODE_BUDGET.reserve(header.decode_bytes()):
+        if header.has_alpha:
+            # IMREAD_UNCHANGED keeps the alpha channel; the formats that carry one here (PNG,
+            # WebP) rarely carry an EXIF orientation, which this flag would ignore.
+            decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+            image = None if decoded is None else _flatten_alpha(decoded)
+        else:
+            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
     if image is None:
         raise InvalidInput(
             f"The photo looks like a {header.format_name.upper()} file but cannot be decoded: "
