@@ -52,8 +52,8 @@ def sequential(
     started = time.perf_counter()
     identity = faceswap.prepare_identity(photo, "")
     with VocalsFile(work / "vocals.wav", template.duration_seconds) as vocals:
-        separator.extract_voice(voice, "", vocals.add, lambda fraction: None)
-    features = lipsync.prepare_audio(vocals.pcm_chunks(), vocals.audio_format(), "")
+        separator.extract_voice(voice, "", vocals.max_seconds, vocals, lambda fraction: None)
+    features = lipsync.prepare_audio(vocals.pcm_chunks, vocals.audio_format(), "")
     frames = list(template_frames(template_path)(0))
     swapped = [
         media_pb2.Frame(index=r.index, image=r.image)

@@ -46,6 +46,7 @@ class VoiceClient:
         store_prefix: media_pb2.StorageObject | None = None,
         audio_format: media_pb2.AudioFormat | None = None,
         wiener_filter: bool = False,
+        max_seconds: float = 0.0,
         timeout: float = 300.0,
     ) -> SeparationResult:
         config = voice_pb2.SeparationConfig(
@@ -55,6 +56,7 @@ class VoiceClient:
             store_prefix=store_prefix,
             format=audio_format,
             wiener_filter=wiener_filter,
+            max_seconds=max_seconds,
         )
 
         def requests() -> Iterator[voice_pb2.SeparateVoiceRequest]:
