@@ -203,12 +203,19 @@ class VoiceClient(ModelClient):
             engine=engine, source=recording, stems=[voice_pb2.STEM_VOCALS], max_seconds=max_seconds
         )
 
+        # Messages the furthest attempt received: only going further is progress, so a
+        # recording that breaks the service at the same point every time fails in the end.
+        furthest = 0
+
         def attempt(window: RetryWindow) -> voice_pb2.SeparationSummary:
+            nonlocal furthest
             vocals.start_over()
             summary = voice_pb2.SeparationSummary()
             requests = iter([voice_pb2.SeparateVoiceRequest(config=config)])
-            for response in self._stream(self.stub.SeparateVoice, requests):
-                window.progressed()
+            for received, response in enumerate(self._stream(self.stub.SeparateVoice, requests), 1):
+                if received > furthest:
+                    furthest = received
+                    window.progressed()
                 kind = response.WhichOneof("payload")
                 if kind == "chunk" and response.chunk.stem == voice_pb2.STEM_VOCALS:
                     vocals.add(response.chunk.data, response.chunk.format)
