@@ -17,6 +17,7 @@ from remind.v1 import template_service_pb2 as templates_pb2
 from services.client import RemindClient
 from services.orchestrator.frame_pipeline import template_frames
 from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
+from services.orchestrator.retries import RetryPolicy
 from services.orchestrator.video_job import VocalsFile
 from services.samples import sample_face_photo, sample_voice_recording
 from services.shared import images, video
@@ -25,7 +26,7 @@ from services.shared.storage import ObjectStore
 from services.shared.storage_grants import GrantSigner
 from services.stack import LocalStack, ports_free
 
-LIMITS = (64 << 20, 1800.0)
+LIMITS = (64 << 20, 1800.0, RetryPolicy(window_seconds=0))
 
 
 def _free_base() -> int:
@@ -53,8 +54,8 @@ def sequential(
     started = time.perf_counter()
     identity = faceswap.prepare_identity(photo, "")
     with VocalsFile(work / "vocals.wav", template.duration_seconds) as vocals:
-        separator.extract_voice(voice, "", vocals.add, lambda fraction: None)
-    features = lipsync.prepare_audio(vocals.pcm_chunks(), vocals.audio_format(), "")
+        separator.extract_voice(voice, "", vocals.max_seconds, vocals, lambda fraction: None)
+    features = lipsync.prepare_audio(vocals.pcm_chunks, vocals.audio_format(), "")
     frames = list(template_frames(template_path)(0))
     swapped = [
         media_pb2.Frame(index=r.index, image=r.image)

@@ -193,6 +193,10 @@ class LocalStack:
         return stored
 
     @property
+    def scratch_dir(self) -> Path:
+        return self.state_dir / "scratch"
+
+    @property
     def identity_dir(self) -> Path:
         return self.state_dir / "identity"
 
@@ -269,7 +273,9 @@ class LocalStack:
 
     def _processes(self, info: StackInfo) -> dict[str, tuple[list[str], dict[str, str]]]:
         base = self.base_port
-        service_env = {**info.s3_env(), **self.extra_env}
+        # The services' temporary folders, where a test can see what a killed one left.
+        scratch = {"REMIND_SCRATCH_ROOT": str(self.scratch_dir)}
+        service_env = {**info.s3_env(), **scratch, **self.extra_env}
         signing = self.signing_credentials()
         # The stack's issuer signs people of its first tenant in.
         identity = ensure_local_issuer(self.identity_dir, self.tenants[0])

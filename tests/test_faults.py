@@ -4,35 +4,17 @@ import os
 import signal
 import time
 
-import cv2
-import numpy as np
 from remind.v1 import job_service_pb2 as jobs_pb2
-from remind.v1 import template_service_pb2 as templates_pb2
-from skimage import data
 
 from services.client import RemindClient
 from services.shared import images, video
-from services.stack import LocalStack, pid_alive
+from services.stack import LocalStack
+from tests.support.faults import kill_hard, long_gif_template
 
 
 def _long_template(client: RemindClient, tmp_path, template_id: str) -> str:
     """A 6 s, 20 fps GIF template: long enough to kill a service in the middle of it."""
-    try:
-        return client.templates.GetTemplate(
-            templates_pb2.GetTemplateRequest(name=f"templates/{template_id}")
-        ).template.name
-    except Exception:  # noqa: BLE001 - not created yet
-        pass
-    path = tmp_path / f"{template_id}.gif"
-    base = cv2.resize(data.astronaut(), (256, 256))
-    with video.GifEncoder(path, 256, 256, 20) as gif:
-        for index in range(118):
-            shift = np.float32([[1, 0, 4 * np.sin(index / 5)], [0, 1, 3 * np.cos(index / 7)]])
-            gif.write(cv2.warpAffine(base, shift, (256, 256), borderMode=cv2.BORDER_REFLECT))
-    upload = client.upload(path.read_bytes(), path.name)
-    return client.templates.CreateTemplate(
-        templates_pb2.CreateTemplateRequest(media=upload.name, template_id=template_id)
-    ).template.name
+    return long_gif_template(client, tmp_path, template_id)
 
 
 def test_killing_the_faceswap_service_mid_stream_is_survived(
@@ -44,7 +26,7 @@ def test_killing_the_faceswap_service_mid_stream_is_survived(
     killed = False
     for event in client.watch(job.name):
         if not killed and event.progress.frames_done >= 10:
-            _kill(stack, "faceswap")
+            kill_hard(stack, "faceswap")
             killed = True
             stack.start()  # a supervisor bringing the service back
         final = event
@@ -79,13 +61,6 @@ def test_a_dead_faceswap_service_fails_the_job_with_a_reason(
         stack.start()
 
 
-def _kill(stack: LocalStack, name: str) -> None:
-    pid = stack.info().pids[name]
-    os.kill(pid, signal.SIGKILL)
-    while pid_alive(pid):
-        time.sleep(0.05)
-
-
 def test_an_orchestrator_killed_mid_job_marks_the_job_failed_when_it_comes_back(
     stack: LocalStack, client: RemindClient, user_photo, tmp_path
 ):
@@ -95,7 +70,7 @@ def test_an_orchestrator_killed_mid_job_marks_the_job_failed_when_it_comes_back(
     for event in client.watch(job.name):
         if event.progress.frames_done >= 10:
             break
-    _kill(stack, "orchestrator")
+    kill_hard(stack, "orchestrator")
     info = stack.start()
     with RemindClient(info.orchestrator_address, info.api_keys["local"]) as again:
         ended = again.get_job(job.name)

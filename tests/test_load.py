@@ -1,10 +1,8 @@
 """Load and back-pressure on this 2-core box: many jobs at once complete, memory stays bounded,
 a full queue refuses new work with a retry hint, and cancelling frees a place at once."""
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,42 +15,9 @@ from services import samples as mixes
 from services.client import RemindClient
 from services.shared import images
 from services.stack import LocalStack
+from tests.support.memory import PeakResidentMemory
 
 GIF_JOBS, VIDEO_JOBS = 20, 4
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-class PeakMemory:
-    """Samples the resident memory of the stack's processes while a block runs."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.peak = {name: 0 for name in pids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            for name, pid in self.pids.items():
-                try:
-                    self.peak[name] = max(self.peak[name], _rss_bytes(pid))
-                except OSError:
-                    pass
-            time.sleep(0.2)
-
-    def __enter__(self) -> "PeakMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _run_jobs(client: RemindClient, create, count: int) -> list[jobs_pb2.Job]:  # type: ignore[no-untyped-def]
@@ -76,7 +41,7 @@ def test_twenty_gif_jobs_and_four_video_jobs_at_once_complete_in_bounded_memory(
         for name, pid in stack.info().pids.items()
         if name in ("orchestrator", "faceswap", "lipsync", "voice")
     }
-    with PeakMemory(pids) as memory, ThreadPoolExecutor(2) as both:
+    with PeakResidentMemory(pids) as memory, ThreadPoolExecutor(2) as both:
         gifs = both.submit(_run_jobs, client, lambda: client.create_gif_job(face, gif), GIF_JOBS)
         videos = both.submit(
             _run_jobs, client, lambda: client.create_video_job(face, voice, video), VIDEO_JOBS

@@ -183,6 +183,18 @@ def test_a_mono_recording_separates_exactly_as_the_same_voice_in_dual_mono(voice
     assert abs(20 * np.log10(level)) < 0.1
 
 
+def test_max_seconds_separates_only_the_start_of_the_recording(voice):
+    recording = wav_bytes(make_mix("en-us", 12.0).mixture)
+    result = voice.separate(recording, max_seconds=4.0)
+    assert len(result.stems["vocals"]) == 4 * 44100
+    assert result.summary.duration_seconds == 4.0
+    assert {round(p.seconds_total, 3) for p in result.progress} == {4.0}
+    for bad in (-1.0, float("nan"), float("inf")):
+        error = _status(lambda bad=bad: voice.separate(recording, max_seconds=bad))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_seconds" in error.details()
+
+
 def test_silence_succeeds_and_says_no_voice_was_found(voice):
     result = voice.separate(wav_bytes(np.zeros((44100 * 3, 2), np.float32)))
     assert not result.summary.voice_found

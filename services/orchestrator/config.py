@@ -49,7 +49,8 @@ class OrchestratorSettings(ServerSettings):
     max_pending_jobs: int = 32
     # Deadline for one model-service call (a whole frame stream included).
     stage_timeout_seconds: float = 600.0
-    # How long a job keeps retrying a model service that went away mid-stream.
+    # How long a model-service call is retried while the service is away, counted from its
+    # first failure since the last progress (a frame or message that got through).
     stream_retry_seconds: float = 120.0
     # Content Credentials (C2PA) on every result: the signing certificate chain (PEM, the
     # signing certificate first) and its private key (PEM). Required: a result is never stored

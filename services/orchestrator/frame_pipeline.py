@@ -5,12 +5,10 @@ Every stage is a bidirectional stream that returns one response per frame, in or
 carrying the frame's index and its new image. Stages are chained lazily, so decoding, every
 stage and the encoder all work at once on different frames (gRPC's flow control is the
 back-pressure between them). When a service goes away mid-stream (UNAVAILABLE: a restart, a
-crash), the whole chain restarts from the first frame not yet delivered, after a backoff,
-within a deadline; frames already delivered are never redone.
+crash), the whole chain restarts from the first frame not yet delivered, as retries.py says;
+frames already delivered are never redone, and each one restarts the retry window.
 """
 
-import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +20,10 @@ from remind.v1 import media_pb2
 
 from services.orchestrator.jobs import JobContext
 from services.orchestrator.media_library import MediaLibrary
+from services.orchestrator.retries import RetryPolicy, RetryWindow
 from services.orchestrator.template_library import LocalTemplate
 from services.shared import errors, images, video, watermark
 from services.shared.content_credentials import ContentSigner, Provenance
-
-log = logging.getLogger(__name__)
 
 # A stage takes frames and streams back one response per frame.
 Stage = Callable[[Iterator[media_pb2.Frame]], Iterator[Any]]
@@ -50,13 +47,6 @@ def template_frames(path: Path) -> FrameSource:
                 yield media_pb2.Frame(index=index, image=image)
 
     return frames_from
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    deadline_seconds: float = 120.0
-    first_backoff_seconds: float = 0.5
-    max_backoff_seconds: float = 8.0
 
 
 @dataclass
@@ -86,24 +76,16 @@ class FramePipeline:
     def run(self, source: FrameSource, deliver: Callable[[DeliveredFrame], None]) -> int:
         """Delivers every frame, in order, through all stages; returns how many."""
         delivered = 0
-        backoff = self.retry.first_backoff_seconds
-        give_up_at = time.monotonic() + self.retry.deadline_seconds
+        window = RetryWindow(self.retry)
         while True:
             try:
                 for frame in self._chain(source(delivered)):
                     deliver(frame)
                     delivered += 1
+                    window.progressed()
                 return delivered
             except errors.Unavailable as error:
-                if time.monotonic() + backoff > give_up_at:
-                    raise errors.Unavailable(
-                        f"{error} (gave up after retrying for {self.retry.deadline_seconds:g} s)"
-                    ) from None
-                log.warning(
-                    "stream broke at frame %d (%s); retrying in %.1f s", delivered, error, backoff
-                )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self.retry.max_backoff_seconds)
+                window.wait(error, f"stream broke at frame {delivered}")
 
     def _chain(self, frames: Iterator[media_pb2.Frame]) -> Iterator[DeliveredFrame]:
         seen: dict[int, dict[str, Any]] = {}

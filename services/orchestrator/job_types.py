@@ -13,10 +13,10 @@ from remind.v1 import job_service_pb2 as jobs_pb2
 
 from services.orchestrator.auth import Owner
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.frame_pipeline import RetryPolicy
 from services.orchestrator.jobs import JobWork
 from services.orchestrator.media_library import MediaLibrary
 from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
+from services.orchestrator.retries import RetryPolicy
 from services.orchestrator.template_library import TemplateLibrary
 from services.shared.content_credentials import ContentSigner
 

@@ -2,6 +2,10 @@
 
 The job record in the store is the truth that survives restarts; the in-memory board adds
 what only a running process has (the cancel switch, watchers waiting for the next change).
+Watchers see every change at once, from memory. Changes of state are written to the record
+before the job goes on; progress is written in the background, at most once per
+`progress_persist_seconds` per job and one write at a time, so a slow or absent store never
+slows a job down.
 """
 
 import base64
@@ -37,6 +41,9 @@ QUEUE_FULL_RETRY_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 60.0
 # How long an ended job's record is retried while the store is unreachable.
 RECORD_RETRY_SECONDS = 600.0
+# After a progress write failed, the job's next one waits this long: the store is likely
+# still away, and its failures take seconds (connection timeouts and retries).
+PROGRESS_PAUSE_AFTER_FAILURE_SECONDS = 10.0
 
 
 class JobCancelled(Exception):
@@ -81,8 +88,11 @@ class _LiveJob:
     job: jobs_pb2.Job
     cancel: threading.Event = field(default_factory=threading.Event)
     version: int = 0
-    persisted_at: float = 0.0
     future: Future | None = None
+    # Writes of this job's record, one at a time, each of the job as it is when it starts.
+    record_lock: threading.Lock = field(default_factory=threading.Lock)
+    progress_writing: bool = False
+    next_progress_write: float = 0.0
 
 
 class JobContext:
@@ -149,37 +159,63 @@ class JobBoard:
         self._pool = ThreadPoolExecutor(settings.job_workers, thread_name_prefix="job")
         self._pending = 0
         self._stopping = threading.Event()
+        # One progress write in flight for the whole board.
+        self._progress_writer = ThreadPoolExecutor(1, thread_name_prefix="progress-record")
 
     def _record_key(self, scope: str, job_id: str) -> str:
         return f"{scope}/jobs/{job_id}.json"
 
-    def _persist(self, live: _LiveJob) -> None:
-        job = jobs_pb2.Job()
-        job.CopyFrom(live.job)
-        job.result.download_url = ""  # presigned URLs expire; they are made fresh on each read
-        self.store.put_record(
-            self.settings.records_bucket,
-            self._record_key(live.scope, live.job.name[len(JOB_PREFIX) :]),
-            {"scope": live.scope, "job": json_format.MessageToDict(job)},
-        )
-        live.persisted_at = time.monotonic()
+    def _persist(self, live: _LiveJob, progress_only: bool = False) -> None:
+        """Writes the job's record as the job is now; a progress write of a job that has
+        ended writes nothing (the ended state was written, and the record may be deleted)."""
+        with live.record_lock:
+            job = self.snapshot(live)
+            if progress_only and job.state in TERMINAL:
+                return
+            job.result.download_url = ""  # presigned URLs expire; made fresh on each read
+            self.store.put_record(
+                self.settings.records_bucket,
+                self._record_key(live.scope, live.job.name[len(JOB_PREFIX) :]),
+                {"scope": live.scope, "job": json_format.MessageToDict(job)},
+            )
 
     def _update(
         self, live: _LiveJob, change: Callable[[jobs_pb2.Job], None], persist: bool = True
     ) -> None:
+        """Applies a change and tells the watchers; `persist`: writes the record before
+        returning, else (progress) leaves it to a background write when one is due."""
         with self._changed:
             change(live.job)
             live.job.update_time.GetCurrentTime()
             live.version += 1
             self._changed.notify_all()
-        due = time.monotonic() - live.persisted_at >= self.settings.progress_persist_seconds
-        if persist or due:
+            write_progress = (
+                not persist
+                and not live.progress_writing
+                and time.monotonic() >= live.next_progress_write
+            )
+            live.progress_writing |= write_progress
+        if write_progress:
+            self._progress_writer.submit(self._write_progress, live)
+        if persist:
             try:
                 self._persist(live)
             except errors.RemindError as error:
                 log.warning("job %s record not saved: %s", live.job.name, error)
                 if live.job.state in TERMINAL:
                     self._persist_later(live)
+
+    def _write_progress(self, live: _LiveJob) -> None:
+        pause = self.settings.progress_persist_seconds
+        try:
+            self._persist(live, progress_only=True)
+        except errors.RemindError as error:
+            log.warning("job %s progress not saved: %s", live.job.name, error)
+            pause = max(pause, PROGRESS_PAUSE_AFTER_FAILURE_SECONDS)
+        finally:
+            with self._changed:
+                live.progress_writing = False
+                live.next_progress_write = time.monotonic() + pause
 
     def _persist_later(self, live: _LiveJob) -> None:
         """An ended job's record must reach the store, or a restart would think it unfinished;
@@ -419,3 +455,4 @@ class JobBoard:
             for live in self._live.values():
                 live.cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=False)
+        self._progress_writer.shutdown(wait=False, cancel_futures=True)

@@ -5,10 +5,14 @@ domain errors. Frame streams send a config first and then frames, and stream bac
 per frame; closing the returned generator cancels the call. Recordings travel by reference
 (a storage object the voice service reads itself, with a grant for it signed here); stems and
 features come back as streams.
+
+A service that goes away is retried as retries.py says: every call here is retried whole
+(voice extraction starts over, its progress restarting the window); frame streams are retried
+by the frame pipeline, which knows the first frame not yet delivered.
 """
 
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import grpc
 from remind.v1 import (
@@ -22,6 +26,7 @@ from remind.v1 import (
 )
 
 from services.orchestrator.frame_pipeline import FRAME_FORMAT
+from services.orchestrator.retries import RetryPolicy, RetryWindow, retrying
 from services.shared import errors
 from services.shared.grpc_status import error_from_rpc
 from services.shared.server import message_options
@@ -55,25 +60,34 @@ class ModelClient:
     list_engines_rpc: ClassVar[str]
     list_engines_request: ClassVar[type[Any]]
 
-    def __init__(self, address: str, max_message_bytes: int, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        address: str,
+        max_message_bytes: int,
+        timeout_seconds: float,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.channel = model_channel(address, max_message_bytes)
         self.stub = self.stub_type(self.channel)
         self.timeout = timeout_seconds
+        self.retry = retry or RetryPolicy()
 
     def close(self) -> None:
         self.channel.close()
 
-    def _unary(self, call: Callable[..., Any], request: Any, timeout: float = 0.0) -> Any:
-        """A unary or client-streaming call; waits for a (re)starting service to connect."""
-        try:
-            return call(
-                request,
-                timeout=timeout or PREPARE_TIMEOUT_SECONDS,
-                wait_for_ready=True,
-                metadata=trace_metadata(),
-            )
-        except grpc.RpcError as error:
-            raise error_from_rpc(error, self.what) from None
+    def _unary(self, rpc: str, request: Callable[[], Any], timeout: float = 0.0) -> Any:
+        """A unary or client-streaming call of `request()`, made anew for each attempt."""
+        call = getattr(self.stub, rpc)
+
+        def attempt(_window: RetryWindow) -> Any:
+            try:
+                return call(
+                    request(), timeout=timeout or PREPARE_TIMEOUT_SECONDS, metadata=trace_metadata()
+                )
+            except grpc.RpcError as error:
+                raise error_from_rpc(error, self.what) from None
+
+        return retrying(self.retry, attempt, f"{rpc} failed")
 
     def _stream(self, call: Callable[..., Any], requests: Iterator[Any]) -> Iterator[Any]:
         responses = call(requests, timeout=self.timeout, metadata=trace_metadata())
@@ -89,8 +103,7 @@ class ModelClient:
         """Refuses an engine the service does not have or cannot run, before work is queued."""
         if name.strip().lower() in ("", "auto"):
             return
-        call = getattr(self.stub, self.list_engines_rpc)
-        listed = self._unary(call, self.list_engines_request())
+        listed = self._unary(self.list_engines_rpc, self.list_engines_request)
         by_name = {engine.name: engine for engine in listed.engines}
         if name not in by_name:
             raise errors.InvalidInput(
@@ -113,7 +126,7 @@ class FaceSwapClient(ModelClient):
         request = faceswap_pb2.PrepareIdentityRequest(
             photo=media_pb2.EncodedImage(data=photo), engine=engine
         )
-        return self._unary(self.stub.PrepareIdentity, request).identity
+        return self._unary("PrepareIdentity", lambda: request).identity
 
     def swap_faces(
         self, identity: faceswap_pb2.FaceIdentity, frames: Iterator[media_pb2.Frame]
@@ -135,18 +148,21 @@ class LipSyncClient(ModelClient):
     list_engines_request = lipsync_pb2.ListLipSyncEnginesRequest
 
     def prepare_audio(
-        self, chunks: Iterator[bytes], audio_format: media_pb2.AudioFormat, engine: str
+        self,
+        chunks: Callable[[], Iterator[bytes]],
+        audio_format: media_pb2.AudioFormat,
+        engine: str,
     ) -> lipsync_pb2.AudioFeatures:
-        """The engine's features of a voice sent as chunks in `audio_format`."""
+        """The engine's features of a voice sent as `chunks()` in `audio_format`."""
 
         def requests() -> Iterator[lipsync_pb2.PrepareAudioRequest]:
             yield lipsync_pb2.PrepareAudioRequest(
                 config=lipsync_pb2.PrepareAudioConfig(engine=engine, format=audio_format)
             )
-            for chunk in chunks:
+            for chunk in chunks():
                 yield lipsync_pb2.PrepareAudioRequest(chunk=media_pb2.AudioChunk(data=chunk))
 
-        return self._unary(self.stub.PrepareAudio, requests(), self.timeout).features
+        return self._unary("PrepareAudio", requests, self.timeout).features
 
     def sync_lips(
         self, features: lipsync_pb2.AudioFeatures, fps: float, frames: Iterator[media_pb2.Frame]
@@ -170,9 +186,14 @@ class VoiceClient(ModelClient):
     list_engines_request = voice_pb2.ListVoiceEnginesRequest
 
     def __init__(
-        self, address: str, max_message_bytes: int, timeout_seconds: float, grants: GrantSigner
+        self,
+        address: str,
+        max_message_bytes: int,
+        timeout_seconds: float,
+        retry: RetryPolicy,
+        grants: GrantSigner,
     ) -> None:
-        super().__init__(address, max_message_bytes, timeout_seconds)
+        super().__init__(address, max_message_bytes, timeout_seconds, retry)
         self.grants = grants
 
     def probe_audio(self, recording: media_pb2.StorageObject) -> voice_pb2.ProbeAudioResponse:
@@ -180,31 +201,56 @@ class VoiceClient(ModelClient):
         request = voice_pb2.ProbeAudioRequest(
             object=recording, object_grant=self.grants.grant(recording, READ)
         )
-        return self._unary(self.stub.ProbeAudio, request)
+        return self._unary("ProbeAudio", lambda: request)
 
     def extract_voice(
         self,
         recording: media_pb2.StorageObject,
         engine: str,
-        on_vocals: Callable[[bytes, media_pb2.AudioFormat], None],
+        max_seconds: float,
+        vocals: "VocalsSink",
         on_progress: Callable[[float], None],
     ) -> voice_pb2.SeparationSummary:
-        """Streams the vocals stem of a stored recording to `on_vocals` as it is separated
-        (PCM in the format each chunk declares); returns the summary."""
+        """Streams the vocals stem of the first `max_seconds` of a stored recording into
+        `vocals` as it is separated; returns the summary. A separation the service drops is
+        started over, and `vocals` with it."""
         config = voice_pb2.SeparationConfig(
             engine=engine,
             source=recording,
             source_grant=self.grants.grant(recording, READ),
             stems=[voice_pb2.STEM_VOCALS],
+            max_seconds=max_seconds,
         )
-        summary = voice_pb2.SeparationSummary()
-        requests = iter([voice_pb2.SeparateVoiceRequest(config=config)])
-        for response in self._stream(self.stub.SeparateVoice, requests):
-            kind = response.WhichOneof("payload")
-            if kind == "chunk" and response.chunk.stem == voice_pb2.STEM_VOCALS:
-                on_vocals(response.chunk.data, response.chunk.format)
-            elif kind == "progress" and response.progress.seconds_total:
-                on_progress(response.progress.seconds_done / response.progress.seconds_total)
-            elif kind == "summary":
-                summary = response.summary
-        return summary
+
+        # Messages the furthest attempt received: only going further is progress, so a
+        # recording that breaks the service at the same point every time fails in the end.
+        furthest = 0
+
+        def attempt(window: RetryWindow) -> voice_pb2.SeparationSummary:
+            nonlocal furthest
+            vocals.start_over()
+            summary = voice_pb2.SeparationSummary()
+            requests = iter([voice_pb2.SeparateVoiceRequest(config=config)])
+            for received, response in enumerate(self._stream(self.stub.SeparateVoice, requests), 1):
+                if received > furthest:
+                    furthest = received
+                    window.progressed()
+                kind = response.WhichOneof("payload")
+                if kind == "chunk" and response.chunk.stem == voice_pb2.STEM_VOCALS:
+                    vocals.add(response.chunk.data, response.chunk.format)
+                elif kind == "progress" and response.progress.seconds_total:
+                    on_progress(response.progress.seconds_done / response.progress.seconds_total)
+                elif kind == "summary":
+                    summary = response.summary
+            return summary
+
+        return retrying(self.retry, attempt, "voice extraction broke")
+
+
+class VocalsSink(Protocol):
+    """Where extracted vocals go as they stream in."""
+
+    def start_over(self) -> None:
+        """Forgets what was added: the separation starts again from the beginning."""
+
+    def add(self, pcm: bytes, audio_format: media_pb2.AudioFormat) -> None: ...

@@ -16,12 +16,12 @@ from remind.v1 import template_service_pb2_grpc as templates_grpc
 from services.orchestrator.auth import ApiKeys, AuthInterceptor, TokenIssuers, current_owner
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.erasure import Erasure
-from services.orchestrator.frame_pipeline import RetryPolicy
 from services.orchestrator.gif_job import GifJob
 from services.orchestrator.job_types import JobServices, JobType
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary
 from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
+from services.orchestrator.retries import RetryPolicy
 from services.orchestrator.servicer import (
     AccountServicer,
     JobServicer,
@@ -92,11 +92,11 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     interrupted = board.fail_interrupted()
     if interrupted:
         log.warning("marked %d interrupted jobs as failed", interrupted)
-    limits = (settings.max_message_bytes, settings.stage_timeout_seconds)
+    retry = RetryPolicy(window_seconds=settings.stream_retry_seconds)
+    limits = (settings.max_message_bytes, settings.stage_timeout_seconds, retry)
     faceswap = FaceSwapClient(settings.faceswap_address, *limits)
     lipsync = LipSyncClient(settings.lipsync_address, *limits)
     voice = VoiceClient(settings.voice_address, *limits, grants)
-    retry = RetryPolicy(deadline_seconds=settings.stream_retry_seconds)
     services = JobServices(
         media_library, templates, faceswap, lipsync, voice, retry, signer, settings
     )

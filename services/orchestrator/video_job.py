@@ -2,8 +2,9 @@
 
 photo -> identity (at admission) -> stored recording -> vocals -> audio features ->
 template frames -> swapped frames -> lip-synced frames -> H.264 + AAC -> result.
-The voice service reads the recording from the store itself; its vocals stream back as PCM
-into a local WAV file, which feeds the lipsync features and the MP4's sound. Voice extraction
+The voice service reads the recording from the store itself and separates only as much of it
+as the template lasts; its vocals stream back as PCM into a local WAV file, which feeds the
+lipsync features and the MP4's sound. Voice extraction
 must finish before lip sync starts (the features need the whole voice); then decoding, face
 swap, lip sync and encoding all run at once on different frames.
 
@@ -82,7 +83,7 @@ class VideoJob:
             vocals = VocalsFile(Path(work) / "vocals.wav", info.duration_seconds)
             voice_engine = self._extract_voice(context, job_input, vocals)
             features = services.lipsync.prepare_audio(
-                vocals.pcm_chunks(), vocals.audio_format(), job_input.lipsync_engine
+                vocals.pcm_chunks, vocals.audio_format(), job_input.lipsync_engine
             )
             identity, fps = job_input.identity, info.fps
             pipeline = FramePipeline(
@@ -126,7 +127,11 @@ class VideoJob:
 
         with vocals:
             summary = self.services.voice.extract_voice(
-                job_input.voice.storage_object(), job_input.voice_engine, vocals.add, progress
+                job_input.voice.storage_object(),
+                job_input.voice_engine,
+                vocals.max_seconds,
+                vocals,
+                progress,
             )
         if not summary.voice_found:
             raise errors.FailedPrecondition(
@@ -150,8 +155,16 @@ class VocalsFile:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self._wav is not None:
             self._wav.close()  # writes the final sizes into the header
+            self._wav = None
+
+    def start_over(self) -> None:
+        self._close()
+        self._format = None
 
     def add(self, pcm: bytes, audio_format: media_pb2.AudioFormat) -> None:
         wav = self._wav or self._open(audio_format)

@@ -155,10 +155,12 @@ def decode_blocks(
     channels: int,
     block_frames: int,
     raw: RawPcm | None = None,
+    max_seconds: float | None = None,
 ) -> Iterator[np.ndarray]:
-    """The track as float32 blocks (at most `block_frames`, channels), in order, through a pipe:
-    memory stays at one block whatever the length. DecodeError if ffmpeg fails on the way."""
-    command = decode_command(path, sample_rate, channels, raw)
+    """The track (its first `max_seconds` when given) as float32 blocks (at most `block_frames`,
+    channels), in order, through a pipe: memory stays at one block whatever the length.
+    DecodeError if ffmpeg fails on the way."""
+    command = decode_command(path, sample_rate, channels, raw, max_seconds)
     frame_bytes = 4 * channels
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL

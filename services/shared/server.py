@@ -27,6 +27,7 @@ from services.shared.observability import (
     start_metrics_endpoint,
     watch_gpu_memory,
 )
+from services.shared.scratch import ScratchSettings, own_scratch_folder
 from services.shared.settings import ModelServerSettings, ServerSettings
 from services.shared.tracing import TraceInterceptor
 
@@ -191,9 +192,14 @@ def model_server(
 
 
 def serve(name: str, start: Callable[[], RunningServer]) -> None:
-    """A service's main: JSON logs named `name`, the server started, then serving until
-    SIGTERM or SIGINT, when it shuts down gracefully."""
+    """A service's main: JSON logs named `name`, its own temporary folder (scratch.py), the
+    server started, then serving until SIGTERM or SIGINT, when it shuts down gracefully."""
     configure_logging(name)
+    with own_scratch_folder(name, ScratchSettings.load().root_path()):
+        _serve(name, start)
+
+
+def _serve(name: str, start: Callable[[], RunningServer]) -> None:
     try:
         running = start()
     except Misconfigured as error:

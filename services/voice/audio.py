@@ -8,6 +8,8 @@ three steps before any separation work starts, then decoded block by block throu
 2. `check_decodable`: ffmpeg decodes the audio to nowhere (seconds for a 10-minute file), so a
    damaged or truncated file is refused before the first stem chunk goes out.
 3. `iter_audio`: the real decode, 44.1 kHz stereo float32, in blocks of bounded size.
+A caller that needs only the start of a recording gets steps 2 and 3 for that start only: the
+rest of a 20-minute file is never decoded.
 
 Channels as official Spleeter reads them (spleeter/audio/ffmpeg.py decodes at the file's own
 channel count, then spleeter/audio/convertor.py `to_stereo` repeats a mono channel): mono is
@@ -94,15 +96,20 @@ def _probe_container(path: Path) -> AudioInfo:
     return AudioInfo(duration, rate, channels, str(audio.get("codec_name", "")))
 
 
-def check_decodable(path: Path, info: AudioInfo, raw: RawPcm | None = None) -> float:
-    """Decodes the whole track to nowhere; returns the decoded duration in seconds.
+def check_decodable(
+    path: Path, info: AudioInfo, raw: RawPcm | None = None, first_seconds: float | None = None
+) -> float:
+    """Decodes the track (its first `first_seconds` when given) to nowhere; returns the decoded
+    duration in seconds.
 
     InvalidInput if ffmpeg reports damage, nothing decodes, or far less decodes than the
     header announced (a truncated upload).
     """
+    limit = ["-t", f"{first_seconds:.3f}"] if first_seconds is not None else []
     command = ["ffmpeg", "-v", "error", "-nostdin", *shared_audio.ffmpeg_input(path, raw),
-               "-f", "null", "-progress", "pipe:1", "-"]  # fmt: skip
-    timeout = max(60.0, info.duration_seconds)  # audio decodes at well over 10x real time
+               *limit, "-f", "null", "-progress", "pipe:1", "-"]  # fmt: skip
+    expected = min(info.duration_seconds, first_seconds or info.duration_seconds)
+    timeout = max(60.0, expected)  # audio decodes at well over 10x real time
     try:
         result = subprocess.run(command, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as error:
@@ -114,8 +121,8 @@ def check_decodable(path: Path, info: AudioInfo, raw: RawPcm | None = None) -> f
     decoded = _progress_seconds(result.stdout)
     if decoded <= 0:
         raise InvalidInput("The recording contains no audio samples.")
-    missing = info.duration_seconds - decoded
-    if missing > max(TRUNCATION_MIN_SECONDS, TRUNCATION_TOLERANCE * info.duration_seconds):
+    missing = expected - decoded
+    if missing > max(TRUNCATION_MIN_SECONDS, TRUNCATION_TOLERANCE * expected):
         raise InvalidInput(
             f"The recording is truncated: its header announces {info.duration_seconds:.1f} s "
             f"but only {decoded:.1f} s can be decoded. Upload the whole file."
@@ -139,28 +146,39 @@ class Recording:
     path: Path
     info: AudioInfo
     raw: RawPcm | None
-    seconds: float  # the decoded duration
+    seconds: float  # the decoded duration (of the first `first_seconds`, when given)
+    first_seconds: float | None = None
 
     def blocks(self, block_seconds: float) -> Iterator[np.ndarray]:
-        return iter_audio(self.path, block_seconds, self.info.channels, self.raw)
+        return iter_audio(
+            self.path, block_seconds, self.info.channels, self.raw, self.first_seconds
+        )
 
 
-def checked_recording(path: Path, max_seconds: float, raw: RawPcm | None = None) -> Recording:
-    """Probes the recording and decodes it once to nowhere: every refusal before any work."""
+def checked_recording(
+    path: Path, max_seconds: float, raw: RawPcm | None = None, first_seconds: float | None = None
+) -> Recording:
+    """Probes the recording and decodes it (its first `first_seconds` when given) once to
+    nowhere: every refusal before any work."""
     info = probe_audio(path, max_seconds, raw)
-    decoded_seconds = check_decodable(path, info, raw)
+    decoded_seconds = check_decodable(path, info, raw, first_seconds)
     if decoded_seconds > max_seconds:
         raise TooLarge(
             f"The recording decodes to {decoded_seconds:.0f} s, over the limit of "
             f"{max_seconds:.0f} s."
         )
-    return Recording(path, info, raw, decoded_seconds)
+    return Recording(path, info, raw, decoded_seconds, first_seconds)
 
 
 def iter_audio(
-    path: Path, block_seconds: float, source_channels: int, raw: RawPcm | None = None
+    path: Path,
+    block_seconds: float,
+    source_channels: int,
+    raw: RawPcm | None = None,
+    first_seconds: float | None = None,
 ) -> Iterator[np.ndarray]:
-    """The track as float32 blocks of shape (samples, 2) at 44.1 kHz, in order.
+    """The track (its first `first_seconds` when given) as float32 blocks of shape (samples, 2)
+    at 44.1 kHz, in order.
 
     `source_channels` is the track's own count (from `probe_audio`): mono is decoded as mono
     and duplicated, stereo passes as it is, more channels are downmixed by ffmpeg. Memory stays
@@ -168,7 +186,10 @@ def iter_audio(
     """
     decoded_channels = 1 if source_channels == 1 else CHANNELS
     block_frames = int(block_seconds * SAMPLE_RATE)
-    for block in shared_audio.decode_blocks(path, SAMPLE_RATE, decoded_channels, block_frames, raw):
+    blocks = shared_audio.decode_blocks(
+        path, SAMPLE_RATE, decoded_channels, block_frames, raw, first_seconds
+    )
+    for block in blocks:
         yield np.repeat(block, CHANNELS, axis=1) if decoded_channels == 1 else block
 
 

@@ -28,8 +28,6 @@ class VoiceSettings(ModelServerSettings):
     # Audio decoded per step and the size of returned stem chunks (~0.7 s of PCM s16le).
     decode_block_seconds: float = 2.0
     output_chunk_bytes: int = 128 * 1024
-    # Where temporary copies of recordings are spooled (the system's default when empty).
-    spool_dir: str = ""
     # The orchestrator's storage grant public key (base64, see services/shared/storage_grants.py).
     # Stored sources and stems need a grant signed by its private key; empty: none accepted.
     grant_verify_key: str = ""

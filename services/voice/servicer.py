@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,15 @@ def requested_stems(config: voice_pb2.SeparationConfig) -> tuple[str, ...]:
     )
     stems = {STEM_NAMES[stem] for stem in config.stems} or {VOCALS}
     return tuple(name for name in (VOCALS, ACCOMPANIMENT) if name in stems)
+
+
+def first_seconds(config: voice_pb2.SeparationConfig) -> float | None:
+    """How much of the recording to separate: None for all of it."""
+    wire.require(
+        math.isfinite(config.max_seconds) and config.max_seconds >= 0,
+        f"max_seconds must be 0 (all) or a positive number of seconds, got {config.max_seconds}.",
+    )
+    return config.max_seconds or None
 
 
 def raw_format(audio_format: media_pb2.AudioFormat) -> RawPcm | None:
@@ -115,7 +125,8 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         return self._require_store()
 
     def _workdir(self) -> tempfile.TemporaryDirectory:
-        return tempfile.TemporaryDirectory(prefix="voice-", dir=self.settings.spool_dir or None)
+        # In the process's own scratch folder (services/shared/scratch.py).
+        return tempfile.TemporaryDirectory(prefix="voice-")
 
     def ProbeAudio(
         self, request: voice_pb2.ProbeAudioRequest, context: grpc.ServicerContext
@@ -153,6 +164,7 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         )
         engine = self.engines.resolve(config.engine)
         stems = requested_stems(config)
+        seconds = first_seconds(config)
         if not self.slots.acquire(blocking=False):
             raise errors.TooLarge(
                 f"The voice service is separating {self.settings.max_concurrent_streams} "
@@ -160,7 +172,7 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
             )
         try:
             with self._workdir() as work:
-                yield from self._separate(config, requests, engine, stems, Path(work))
+                yield from self._separate(config, requests, engine, stems, seconds, Path(work))
         finally:
             self.slots.release()
 
@@ -170,6 +182,7 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
         requests: Iterator[voice_pb2.SeparateVoiceRequest],
         engine: VoiceEngine,
         stems: tuple[str, ...],
+        seconds: float | None,
         work: Path,
     ) -> Iterator[voice_pb2.SeparateVoiceResponse]:
         recording = work / "recording"
@@ -182,7 +195,9 @@ class VoiceServicer(voice_pb2_grpc.VoiceServiceServicer):
             )  # fmt: skip
         else:
             spool_chunks(_audio_chunks(requests), recording, self.settings.max_input_bytes)
-        checked = audio.checked_recording(recording, self.settings.max_duration_seconds, raw)
+        checked = audio.checked_recording(
+            recording, self.settings.max_duration_seconds, raw, seconds
+        )
         targets = self._storage_targets(config, stems)
         events = separate(
             engine,

@@ -48,6 +48,7 @@ class VoiceClient:
         store_prefix_grant: media_pb2.StorageGrant | None = None,
         audio_format: media_pb2.AudioFormat | None = None,
         wiener_filter: bool = False,
+        max_seconds: float = 0.0,
         timeout: float = 300.0,
     ) -> SeparationResult:
         config = voice_pb2.SeparationConfig(
@@ -59,6 +60,7 @@ class VoiceClient:
             store_prefix_grant=store_prefix_grant,
             format=audio_format,
             wiener_filter=wiener_filter,
+            max_seconds=max_seconds,
         )
 
         def requests() -> Iterator[voice_pb2.SeparateVoiceRequest]:
