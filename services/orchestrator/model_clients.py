@@ -51,6 +51,12 @@ def model_channel(address: str, max_message_bytes: int) -> grpc.Channel:
     )
 
 
+# The calls a Create makes before it answers (engine checks, the photo, the recording's header)
+# hold a request thread: they wait this little for a service that is away, then the caller
+# gets UNAVAILABLE and tries again, instead of every thread waiting out a restart.
+ADMISSION_RETRY = RetryPolicy(window_seconds=10.0)
+
+
 class ModelClient:
     """One model service: its channel, stub and call deadline, and status translation."""
 
@@ -75,7 +81,13 @@ class ModelClient:
     def close(self) -> None:
         self.channel.close()
 
-    def _unary(self, rpc: str, request: Callable[[], Any], timeout: float = 0.0) -> Any:
+    def _unary(
+        self,
+        rpc: str,
+        request: Callable[[], Any],
+        timeout: float = 0.0,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
         """A unary or client-streaming call of `request()`, made anew for each attempt."""
         call = getattr(self.stub, rpc)
 
@@ -87,7 +99,7 @@ class ModelClient:
             except grpc.RpcError as error:
                 raise error_from_rpc(error, self.what) from None
 
-        return retrying(self.retry, attempt, f"{rpc} failed")
+        return retrying(retry or self.retry, attempt, f"{rpc} failed")
 
     def _stream(self, call: Callable[..., Any], requests: Iterator[Any]) -> Iterator[Any]:
         responses = call(requests, timeout=self.timeout, metadata=trace_metadata())
@@ -103,7 +115,9 @@ class ModelClient:
         """Refuses an engine the service does not have or cannot run, before work is queued."""
         if name.strip().lower() in ("", "auto"):
             return
-        listed = self._unary(self.list_engines_rpc, self.list_engines_request)
+        listed = self._unary(
+            self.list_engines_rpc, self.list_engines_request, retry=ADMISSION_RETRY
+        )
         by_name = {engine.name: engine for engine in listed.engines}
         if name not in by_name:
             raise errors.InvalidInput(
@@ -126,7 +140,7 @@ class FaceSwapClient(ModelClient):
         request = faceswap_pb2.PrepareIdentityRequest(
             photo=media_pb2.EncodedImage(data=photo), engine=engine
         )
-        return self._unary("PrepareIdentity", lambda: request).identity
+        return self._unary("PrepareIdentity", lambda: request, retry=ADMISSION_RETRY).identity
 
     def swap_faces(
         self, identity: faceswap_pb2.FaceIdentity, frames: Iterator[media_pb2.Frame]
@@ -201,7 +215,7 @@ class VoiceClient(ModelClient):
         request = voice_pb2.ProbeAudioRequest(
             object=recording, object_grant=self.grants.grant(recording, READ)
         )
-        return self._unary("ProbeAudio", lambda: request)
+        return self._unary("ProbeAudio", lambda: request, retry=ADMISSION_RETRY)
 
     def extract_voice(
         self,
