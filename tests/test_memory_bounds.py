@@ -143,8 +143,9 @@ class Services:
 
 
 @pytest.fixture(scope="module")
-def services(stack: LocalStack, stack_info: StackInfo):  # type: ignore[no-untyped-def]
-    stack.start()  # brings back anything an earlier test stopped on purpose
+def services(stack: LocalStack):  # type: ignore[no-untyped-def]
+    # Brings back anything an earlier test stopped on purpose; the pids are today's.
+    stack_info = stack.start()
     options = [("grpc.max_send_message_length", 64 * MIB)]
     channels = [
         grpc.insecure_channel(stack_info.address(name), options=options)
@@ -276,10 +277,10 @@ def test_costly_input_gets_a_clear_status_within_a_memory_bound(
 
 
 def test_verifying_a_16_bit_png_is_refused_within_a_memory_bound(
-    client: RemindClient, stack_info: StackInfo
+    client: RemindClient, stack: LocalStack
 ) -> None:
     photo = client.upload(png16_rgba(6000, 6000), "deep.png")
-    with PeakMemory(stack_info.pids["orchestrator"]) as memory:
+    with PeakMemory(stack.start().pids["orchestrator"]) as memory:
         code, message = _status(lambda: client.verify(photo.name))
     print(f"verify 16-bit PNG: {code.name}; {memory.report()}")
     assert code == EXHAUSTED and "16-bit PNG with transparency" in message, message
@@ -287,7 +288,7 @@ def test_verifying_a_16_bit_png_is_refused_within_a_memory_bound(
 
 
 def test_gif_job_on_a_1080p_template_stays_within_a_memory_bound(
-    client: RemindClient, stack_info: StackInfo, tmp_path: Path
+    client: RemindClient, stack: LocalStack, tmp_path: Path
 ) -> None:
     # 100 frames of 1080p: 600 MiB of pixels, which a one-pass GIF encoder holds at once.
     template_path = tmp_path / "wide.gif"
@@ -300,7 +301,7 @@ def test_gif_job_on_a_1080p_template_stays_within_a_memory_bound(
     assert (template.width, template.height, template.frame_count) == (1920, 1080, 100)
     photo = client.upload(images.encode_image(samples.sample_face_photo(0), "png"), "me.png")
 
-    with PeakMemory(stack_info.pids["orchestrator"]) as memory:
+    with PeakMemory(stack.start().pids["orchestrator"]) as memory:
         job = client.create_gif_job(photo.name, template.name)
         final = list(client.watch(job.name, timeout=900))[-1]
     print(f"1080p GIF job: {jobs_pb2.JobState.Name(final.state)}; {memory.report()}")

@@ -37,8 +37,8 @@ def _translate(error: Exception, key: str) -> errors.RemindError:
     if isinstance(error, S3Error) and error.code in _MISSING:
         return errors.NotFound("The stored object does not exist.")
     if isinstance(error, S3Error):
-        return errors.Unavailable(f"Storage refused the request ({error.code}); try again.")
-    return errors.Unavailable("Storage is unreachable right now; try again.")
+        return errors.Unavailable(f"The request to storage was refused ({error.code}); try again.")
+    return errors.Unavailable("Cannot reach storage right now; try again.")
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,7 @@ from services.shared.images import check_frame
 # them against it, with error diffusion to keep skin gradients smooth. Neither pass holds more
 # than a frame or two: the one-pass `split,palettegen,paletteuse` would hold the whole clip
 # until its palette is ready (4 GB for 6 s of 1080p at 25 fps).
-GIF_PALETTE_FILTER = (
-    "split[frames][stats];[stats]palettegen=stats_mode=full:reserve_transparent=0[palette]"
-)
+GIF_PALETTE_FILTER = "palettegen=stats_mode=full:reserve_transparent=0"
 GIF_DITHER_FILTER = "[0:v][1:v]paletteuse=dither=sierra2_4a"
 
 
@@ -331,9 +329,10 @@ class _FrameWriter:
 class GifEncoder(_FrameWriter):
     """Write RGB frames into a looping GIF as they arrive.
 
-    Two passes, so memory stays bounded whatever the clip: frames stream into a lossless Ut Video
-    file next to the GIF while their palette is gathered, then that file is dithered against
-    the palette into the GIF when the `with` block ends.
+    Memory stays bounded whatever the clip: frames stream into a lossless Ut Video file next to
+    the GIF; when the `with` block ends, their palette is gathered from that file, then the file
+    is dithered against it into the GIF. (One ffmpeg with both outputs would queue every frame
+    while the palette output waits for the end of the clip.)
 
         with GifEncoder(path, 320, 320, fps=12) as gif:
             for frame in frames:
@@ -351,20 +350,22 @@ class GifEncoder(_FrameWriter):
         return self.path.with_name(f"{self.path.name}.palette.png")
 
     def _output_arguments(self) -> list[str]:
-        return [
-            "-filter_complex", GIF_PALETTE_FILTER,
-            "-map", "[frames]", "-c:v", "utvideo", "-f", "matroska", str(self._frames_path),
-            "-map", "[palette]", "-update", "1", "-f", "image2", str(self._palette_path),
-        ]  # fmt: skip
+        return ["-c:v", "utvideo", "-f", "matroska", str(self._frames_path)]
 
     def _finish(self) -> None:
-        command = [
-            "ffmpeg", "-v", "error", "-nostdin", "-y",
-            "-i", str(self._frames_path), "-i", str(self._palette_path),
-            "-filter_complex", GIF_DITHER_FILTER, "-loop", "0", "-f", "gif", str(self.path),
-        ]  # fmt: skip
+        frames, palette = str(self._frames_path), str(self._palette_path)
+        try:
+            self._ffmpeg(["-i", frames, "-vf", GIF_PALETTE_FILTER, "-update", "1", palette])
+            self._ffmpeg(
+                ["-i", frames, "-i", palette, "-filter_complex", GIF_DITHER_FILTER,
+                 "-loop", "0", "-f", "gif", str(self.path)]
+            )  # fmt: skip
+        finally:
+            self._remove_intermediates()
+
+    def _ffmpeg(self, arguments: list[str]) -> None:
+        command = ["ffmpeg", "-v", "error", "-nostdin", "-y", *arguments]
         result = subprocess.run(command, capture_output=True, check=False)
-        self._remove_intermediates()
         if result.returncode != 0:
             reason = last_line(result.stderr.decode(errors="replace"), self.path)
             reason = reason or f"ffmpeg exited with code {result.returncode}"
