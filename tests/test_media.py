@@ -269,6 +269,21 @@ def test_closing_the_frame_stream_early_stops_ffmpeg(gif_path: Path) -> None:
     assert ffmpeg_children() == []
 
 
+def test_a_short_clip_is_encoded_in_one_pass_and_writes_the_same_bytes(
+    gif_path: Path, source_frames: list[np.ndarray], tmp_path: Path
+) -> None:
+    path = tmp_path / "one-pass.gif"
+    encoder = video.GifEncoder(path, GIF_WIDTH, GIF_HEIGHT, GIF_FPS, len(source_frames))
+    assert encoder.one_pass
+    with encoder as gif:
+        for frame in source_frames:
+            gif.write(frame)
+    assert path.read_bytes() == gif_path.read_bytes()  # the file-based way, as gif_path is
+    assert sorted(tmp_path.iterdir()) == [path]
+    large = video.GifEncoder(tmp_path / "large.gif", 1920, 1080, 25, 100)
+    assert not large.one_pass  # 600 MiB decoded: through a lossless file
+
+
 def test_gif_encoder_removes_the_partial_file_when_the_caller_fails(tmp_path: Path) -> None:
     path = tmp_path / "partial.gif"
     with pytest.raises(KeyError):

@@ -114,7 +114,7 @@ def render_builtin_gif(template_id: str, path: Path) -> None:
             f"There is no built-in template {shown(template_id)}; the built-ins are {known}."
         )
     photo, faces = _source_faces()
-    with GifEncoder(path, FRAME_SIZE, FRAME_SIZE, FPS) as gif:
+    with GifEncoder(path, FRAME_SIZE, FRAME_SIZE, FPS, FRAME_COUNT) as gif:
         for frame in animate_head(photo, faces[recipe.person], recipe.motion):
             gif.write(frame)
 

@@ -55,7 +55,9 @@ class GifJob:
                 services.retry,
             )
             result_path = Path(work) / "result.gif"
-            with video.GifEncoder(result_path, info.width, info.height, info.fps) as gif:
+            with video.GifEncoder(
+                result_path, info.width, info.height, info.fps, info.frame_count
+            ) as gif:
                 rendered = render(
                     context,
                     local,

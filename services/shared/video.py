@@ -24,7 +24,14 @@ from services.shared.images import check_frame
 # than a frame or two: the one-pass `split,palettegen,paletteuse` would hold the whole clip
 # until its palette is ready (4 GB for 6 s of 1080p at 25 fps).
 GIF_PALETTE_FILTER = "palettegen=stats_mode=full:reserve_transparent=0"
-GIF_DITHER_FILTER = "[0:v][1:v]paletteuse=dither=sierra2_4a"
+GIF_DITHER = "paletteuse=dither=sierra2_4a"
+GIF_ONE_PASS_FILTER = (
+    f"split[frames][stats];[stats]{GIF_PALETTE_FILTER}[palette];[frames][palette]{GIF_DITHER}"
+)
+# A clip up to this size, decoded, is encoded by one ffmpeg that holds it to build its palette
+# (the fastest way); a larger one, or one of unknown length, goes through a lossless file.
+GIF_ONE_PASS_MAX_BYTES = 64 * 1024 * 1024
+GIF_DITHER_FILTER = f"[0:v][1:v]{GIF_DITHER}"
 
 
 # Video packets read to measure a file's timing when the caller sets no limit of its own:
@@ -329,10 +336,12 @@ class _FrameWriter:
 class GifEncoder(_FrameWriter):
     """Write RGB frames into a looping GIF as they arrive.
 
-    Memory stays bounded whatever the clip: frames stream into a lossless Ut Video file next to
-    the GIF; when the `with` block ends, their palette is gathered from that file, then the file
-    is dithered against it into the GIF. (One ffmpeg with both outputs would queue every frame
-    while the palette output waits for the end of the clip.)
+    A global palette needs every frame before the first is written. A short clip (`frames`
+    given, at most GIF_ONE_PASS_MAX_BYTES decoded) is held by one ffmpeg that does it all. A
+    longer one keeps memory bounded: frames stream into a lossless Ut Video file next to the
+    GIF; when the `with` block ends, their palette is gathered from that file, then the file is
+    dithered against it into the GIF. Both ways write the same bytes. (One ffmpeg with both
+    the file and the palette as outputs would queue every frame until the clip ends.)
 
         with GifEncoder(path, 320, 320, fps=12) as gif:
             for frame in frames:
@@ -340,6 +349,10 @@ class GifEncoder(_FrameWriter):
     """
 
     kind = "GIF"
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float, frames: int = 0):
+        super().__init__(path, width, height, fps)
+        self.one_pass = 0 < width * height * 3 * frames <= GIF_ONE_PASS_MAX_BYTES
 
     @property
     def _frames_path(self) -> Path:
@@ -350,9 +363,14 @@ class GifEncoder(_FrameWriter):
         return self.path.with_name(f"{self.path.name}.palette.png")
 
     def _output_arguments(self) -> list[str]:
+        if self.one_pass:
+            return ["-filter_complex", GIF_ONE_PASS_FILTER, "-loop", "0", "-f", "gif",
+                    str(self.path)]  # fmt: skip
         return ["-c:v", "utvideo", "-f", "matroska", str(self._frames_path)]
 
     def _finish(self) -> None:
+        if self.one_pass:
+            return
         frames, palette = str(self._frames_path), str(self._palette_path)
         try:
             self._ffmpeg(["-i", frames, "-vf", GIF_PALETTE_FILTER, "-update", "1", palette])
