@@ -45,7 +45,8 @@ class Sweeper:
                     removed += 1
         records = self.settings.records_bucket
         uploads: dict[str, Upload] = {}
-        for item in self.store.list_objects(records):
+        listed = self.store.list_objects(records)
+        for item in listed:
             scope, rest = split_scope(item.key)
             if rest[:1] != ["uploads"] or len(rest) != 2:
                 continue
@@ -60,7 +61,7 @@ class Sweeper:
                 removed += 1
             else:
                 uploads[f"{scope}/{upload_id}"] = upload
-        media = {key.removesuffix(".json") for key in self._keys(records) if "/media/" in key}
+        media = {item.key.removesuffix(".json") for item in listed if "/media/" in item.key}
         for bucket, owned in (
             (self.settings.uploads_bucket, lambda key: self._owns_upload(key, uploads, media)),
             (self.settings.results_bucket, lambda key: self._owns_result(key, media)),
@@ -81,9 +82,6 @@ class Sweeper:
                 if removed:
                     log.info("sweep removed %d unowned objects", removed)
 
-    def _keys(self, bucket: str) -> list[str]:
-        return self.store.list_keys(bucket, "")
-
     @staticmethod
     def _owns_upload(key: str, uploads: dict[str, Upload], media: set[str]) -> bool:
         """Chunks and forms belong to a live upload; finished media to its media record, or
@@ -96,7 +94,7 @@ class Sweeper:
         if kind in ("parts", "form"):
             return live is not None
         if kind == "media":
-            return f"{scope}/media/{owner_id}" in media or (live is not None)
+            return f"{scope}/media/{owner_id}" in media or live is not None
         return False
 
     @staticmethod
