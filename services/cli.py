@@ -43,6 +43,7 @@ def _stack() -> LocalStack:
     return LocalStack(
         Path(os.environ.get("REMIND_STACK_DIR", ".stack")),
         int(os.environ.get("REMIND_STACK_BASE_PORT", DEFAULT_BASE_PORT)),
+        orchestrators=int(os.environ.get("REMIND_STACK_ORCHESTRATORS", "1")),
     )
 
 

@@ -1,6 +1,7 @@
-"""The local stack: a real S3 server (SeaweedFS), the faceswap, voice and lipsync services,
-the orchestrator, the gRPC-web edge (Envoy) and the web client's static files, each its own
-process on 127.0.0.1. Used by `make up/down/run`, the CLI and the tests.
+"""The local stack: a real S3 server (SeaweedFS), the job queue (NATS with JetStream), the
+faceswap, voice and lipsync services, one or more orchestrator replicas, the gRPC-web edge
+(Envoy) and the web client's static files, each its own process on 127.0.0.1. Used by
+`make up/down/run`, the CLI and the tests.
 
 Processes run in their own sessions and are stopped by the pids recorded in the stack's
 state file, never by name.
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,18 +46,32 @@ VOICE, VOICE_METRICS = 14, 15
 # The gRPC-web edge (Envoy) and the web client's static files.
 EDGE, WEB = 16, 17
 LIPSYNC, LIPSYNC_METRICS = 18, 19
-LAST_PORT = LIPSYNC_METRICS
+NATS = 20
+# Orchestrator replicas after the first: orchestrator-2 on 21 (metrics 22), and so on.
+MAX_ORCHESTRATORS = 4
+LAST_PORT = NATS + 2 * (MAX_ORCHESTRATORS - 1)
 # The gRPC services (`python -m services.<name>.server`): their port and metrics port offsets.
 SERVICE_PORTS = {
     "faceswap": (FACESWAP, FACESWAP_METRICS),
     "voice": (VOICE, VOICE_METRICS),
     "lipsync": (LIPSYNC, LIPSYNC_METRICS),
     "orchestrator": (ORCHESTRATOR, ORCHESTRATOR_METRICS),
+    **{
+        f"orchestrator-{replica}": (NATS + 2 * replica - 3, NATS + 2 * replica - 2)
+        for replica in range(2, MAX_ORCHESTRATORS + 1)
+    },
 }
 REPO = Path(__file__).resolve().parent.parent
 EDGE_CONFIG_TEMPLATE = REPO / "deploy" / "envoy" / "envoy.local.yaml.tmpl"
 WEB_DIST = REPO / "web" / "dist"
 READY_TIMEOUT_SECONDS = 120.0
+NATS_USER = "remind"
+# An orchestrator replica in the edge's cluster (see deploy/envoy/envoy.local.yaml.tmpl).
+ENDPOINT = (
+    "              - endpoint:\n"
+    "                  address:\n"
+    "                    socket_address: {{address: 127.0.0.1, port_value: {port}}}\n"
+)
 
 
 class _Loopback:
@@ -81,14 +97,21 @@ class StackInfo:
     # The orchestrator's storage grant key pair (base64); the voice service holds the public one.
     grant_signing_key: str = ""
     grant_verify_key: str = ""
+    # The job queue's password (user "remind").
+    nats_password: str = ""
 
     s3_endpoint = _Loopback(S3)
+    nats_url = _Loopback(NATS, "nats://")
     orchestrator_address = _Loopback(ORCHESTRATOR)
     faceswap_address = _Loopback(FACESWAP)
     voice_address = _Loopback(VOICE)
     lipsync_address = _Loopback(LIPSYNC)
     edge_url = _Loopback(EDGE, "http://")
     web_url = _Loopback(WEB, "http://")
+
+    def orchestrators(self) -> list[str]:
+        """The orchestrator replicas running, by process name."""
+        return sorted(name for name in self.pids if name.startswith("orchestrator"))
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.base_port + SERVICE_PORTS[service][0]}"
@@ -157,7 +180,11 @@ class LocalStack:
         base_port: int = DEFAULT_BASE_PORT,
         extra_env: dict[str, str] | None = None,
         tenants: tuple[str, ...] = ("local",),
+        orchestrators: int = 1,
     ) -> None:
+        if not 1 <= orchestrators <= MAX_ORCHESTRATORS:
+            raise ValueError(f"1 to {MAX_ORCHESTRATORS} orchestrator replicas, not {orchestrators}")
+        self.orchestrators = orchestrators
         self.state_dir = state_dir.resolve()
         self.base_port = base_port
         self.extra_env = extra_env or {}
@@ -183,6 +210,7 @@ class LocalStack:
         stored.setdefault("store_keys", new_store_keys())
         if "grant_signing_key" not in stored:
             stored["grant_signing_key"], stored["grant_verify_key"] = new_grant_keys()
+        stored.setdefault("nats_password", secrets.token_urlsafe(24))
         api_keys = stored.setdefault("api_keys", {})
         for tenant in self.tenants:
             api_keys.setdefault(tenant, f"rmk_{secrets.token_urlsafe(24)}")
@@ -250,6 +278,7 @@ class LocalStack:
             stored["api_keys"],
             stored["grant_signing_key"],
             stored["grant_verify_key"],
+            stored["nats_password"],
         )
         try:
             for name, (command, env) in self._processes(info).items():
@@ -259,6 +288,8 @@ class LocalStack:
                 self._save(info)
                 if name == "s3":
                     wait_for_s3(info)
+                elif name == "nats":
+                    wait_for_port(info.base_port + NATS, info.pids[name], name)
                 elif name == "edge":
                     wait_for_http(f"{info.edge_url}/healthz", info.pids[name], name)
                 elif name == "web":
@@ -282,21 +313,18 @@ class LocalStack:
 
         def service(name: str, **env: str) -> tuple[list[str], dict[str, str]]:
             port, metrics_port = SERVICE_PORTS[name]
-            prefix = f"REMIND_{name.upper()}"
-            return [sys.executable, "-m", f"services.{name}.server"], {
+            module = name.split("-")[0]  # orchestrator-2 runs the orchestrator
+            prefix = f"REMIND_{module.upper()}"
+            return [sys.executable, "-m", f"services.{module}.server"], {
                 **service_env,
                 f"{prefix}_PORT": str(base + port),
                 f"{prefix}_METRICS_PORT": str(base + metrics_port),
                 **env,
             }
 
-        return {
-            "s3": (self._s3_command(info), self._s3_env()),
-            "faceswap": service("faceswap"),
-            "voice": service("voice", REMIND_VOICE_GRANT_VERIFY_KEY=info.grant_verify_key),
-            "lipsync": service("lipsync"),
-            "orchestrator": service(
-                "orchestrator",
+        def orchestrator(name: str) -> tuple[list[str], dict[str, str]]:
+            return service(
+                name,
                 REMIND_ORCHESTRATOR_FACESWAP_ADDRESS=info.faceswap_address,
                 REMIND_ORCHESTRATOR_LIPSYNC_ADDRESS=info.lipsync_address,
                 REMIND_ORCHESTRATOR_VOICE_ADDRESS=info.voice_address,
@@ -307,7 +335,21 @@ class LocalStack:
                 # The edge runs on loopback: its x-forwarded-for names the caller.
                 REMIND_ORCHESTRATOR_TRUSTED_PROXIES="127.0.0.1",
                 REMIND_ORCHESTRATOR_GRANT_SIGNING_KEY=info.grant_signing_key,
-            ),
+                REMIND_ORCHESTRATOR_NATS_URL=info.nats_url,
+                REMIND_ORCHESTRATOR_NATS_USER=NATS_USER,
+                REMIND_ORCHESTRATOR_NATS_PASSWORD=info.nats_password,
+            )
+
+        replicas = ["orchestrator"] + [
+            f"orchestrator-{n}" for n in range(2, self.orchestrators + 1)
+        ]
+        return {
+            "s3": (self._s3_command(info), self._s3_env()),
+            "nats": (self._nats_command(info), {}),
+            "faceswap": service("faceswap"),
+            "voice": service("voice", REMIND_VOICE_GRANT_VERIFY_KEY=info.grant_verify_key),
+            "lipsync": service("lipsync"),
+            **{name: orchestrator(name) for name in replicas},
             "edge": (self._edge_command(identity.jwks), {}),
             "web": (
                 [
@@ -332,6 +374,10 @@ class LocalStack:
             string.Template(EDGE_CONFIG_TEMPLATE.read_text()).substitute(
                 LISTEN_PORT=self.base_port + EDGE,
                 ORCHESTRATOR_PORT=self.base_port + ORCHESTRATOR,
+                MORE_ORCHESTRATORS="".join(
+                    ENDPOINT.format(port=self.base_port + SERVICE_PORTS[f"orchestrator-{n}"][0])
+                    for n in range(2, self.orchestrators + 1)
+                ),
                 TOKEN_ISSUER=ISSUER,
                 TOKEN_AUDIENCE=AUDIENCE,
                 JWKS_FILE=jwks,
@@ -339,6 +385,20 @@ class LocalStack:
         )
         envoy = str(Path(sys.executable).parent / "envoy")
         return [envoy, "-c", str(config), "--disable-hot-restart", "--log-level", "warn"]
+
+    def _nats_command(self, info: StackInfo) -> list[str]:
+        """nats-server with JetStream on loopback, its store in the stack's folder, and one
+        user: anonymous clients are refused."""
+        store = self.state_dir / "nats"
+        store.mkdir(mode=0o700, exist_ok=True)
+        config = self.state_dir / "nats.conf"
+        config.write_text(
+            f"listen: 127.0.0.1:{info.base_port + NATS}\n"
+            f"jetstream {{ store_dir: {json.dumps(str(store))} }}\n"
+            f"authorization {{ user: {NATS_USER}, password: {json.dumps(info.nats_password)} }}\n"
+        )
+        config.chmod(0o600)
+        return [str(Path(sys.executable).parent / "nats-server"), "-c", str(config)]
 
     def _s3_env(self) -> dict[str, str]:
         """The store's JWT signing keys, admin password and gRPC certificates (see
@@ -398,7 +458,9 @@ class LocalStack:
         info = self.info()
         if info is None:
             return
-        for process in ("web", "edge", "orchestrator", "lipsync", "voice", "faceswap", "s3"):
+        replicas = [f"orchestrator-{n}" for n in range(MAX_ORCHESTRATORS, 1, -1)]
+        order = ("web", "edge", *replicas, "orchestrator", "lipsync", "voice", "faceswap", "nats")
+        for process in (*order, "s3"):
             if process in info.pids and name in (None, process):
                 stop_pid(info.pids.pop(process))
         self._save(info)
@@ -419,13 +481,28 @@ def wait_for_s3(info: StackInfo) -> None:
             time.sleep(0.2)
 
 
+def wait_for_port(port: int, pid: int, name: str) -> None:
+    def accepts() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+
+    _wait_until(accepts, pid, name)
+
+
 def wait_for_http(url: str, pid: int, name: str) -> None:
+    def answers() -> bool:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+
+    _wait_until(answers, pid, name)
+
+
+def _wait_until(ready: Callable[[], bool], pid: int, name: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
+            if ready():
+                return
         except OSError:
             pass
         if not pid_alive(pid) or time.monotonic() > deadline:

@@ -17,7 +17,7 @@ from services.stack import LocalStack, StackInfo, ports_free
 
 def free_base_port() -> int:
     for _ in range(50):
-        base = random.randrange(20000, 30000, 20)
+        base = random.randrange(20000, 30000, 40)
         if ports_free(base):
             return base
     raise RuntimeError("no free port range for the test stack")

@@ -614,6 +614,7 @@ def render_local_envoy(directory: Path, listen_port: int, orchestrator_port: int
         template.substitute(
             LISTEN_PORT=listen_port,
             ORCHESTRATOR_PORT=orchestrator_port,
+            MORE_ORCHESTRATORS="",
             TOKEN_ISSUER=ISSUER,
             TOKEN_AUDIENCE=AUDIENCE,
             JWKS_FILE=identity.jwks,

@@ -45,8 +45,24 @@ class OrchestratorSettings(ServerSettings):
     upload_lifetime_seconds: int = 24 * 3600
     sweep_grace_seconds: int = 3600
     sweep_interval_seconds: float = 600.0
+    # The job queue (NATS JetStream, see job_queue.py): its address and credentials, and how
+    # many servers keep each stream and bucket (3 in a production cluster).
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_replicas: int = 1
+    # Jobs one replica runs at once; it takes no more from the queue than that.
     job_workers: int = 2
-    max_pending_jobs: int = 32
+    # Jobs queued or running in all replicas, and per tenant; more are refused (RESOURCE_EXHAUSTED).
+    max_queued_jobs: int = 64
+    max_jobs_per_tenant: int = 16
+    # A worker that has not renewed its job's lease for this long is taken to be gone: the job
+    # goes to another replica. Renewed every quarter of it.
+    job_lease_seconds: float = 30.0
+    # A job whose worker died this many times (a template that crashes it, say) fails.
+    job_max_deliveries: int = 3
+    # On SIGTERM, running jobs may finish for this long; the rest go back to the queue.
+    job_finish_seconds: float = 20.0
     # Deadline for one model-service call (a whole frame stream included).
     stage_timeout_seconds: float = 600.0
     # How long a model-service call is retried while the service is away, counted from its

@@ -46,5 +46,4 @@ class Erasure:
         self.board.end_all(owner.scope)
         jobs = self.board.record_count(owner.scope)
         objects = self.media_library.delete_scope(owner.scope)
-        self.board.forget(owner.scope)
         return Erased(objects, jobs)

@@ -1,19 +1,20 @@
 """The GIF track: face photo + GIF template -> swapped GIF, stored as a result.
 
-photo -> identity (at admission) -> template frames -> swapped frames -> GIF -> result.
+photo -> identity (at admission, saved with the job) -> template frames -> swapped frames ->
+GIF -> result.
 Decoding, swapping and encoding overlap: frames are decoded as the service asks for them,
 and each swapped frame goes into the encoder as soon as it comes back.
 """
 
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
-from remind.v1 import faceswap_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 
 from services.orchestrator.auth import Owner
 from services.orchestrator.frame_pipeline import FramePipeline, render, store_result
-from services.orchestrator.job_types import AdmittedJob, JobServices
+from services.orchestrator.job_types import IDENTITY, AdmittedJob, JobServices, saved_identity
 from services.orchestrator.jobs import JobContext
 from services.orchestrator.template_library import GIF, TemplateRecord
 from services.shared import video, wire
@@ -37,15 +38,13 @@ class GifJob:
         job = jobs_pb2.Job(
             kind=jobs_pb2.JOB_KIND_GIF, face_media=request.face_media, template=template.name
         )
-        return AdmittedJob(job, lambda context: self.run(context, identity, template))
+        spec = {"template": asdict(template)}
+        return AdmittedJob(job, spec, {IDENTITY: identity.SerializeToString()})
 
-    def run(
-        self,
-        context: JobContext,
-        identity: faceswap_pb2.FaceIdentity,
-        template: TemplateRecord,
-    ) -> jobs_pb2.JobResult:
+    def run(self, context: JobContext) -> jobs_pb2.JobResult:
         services = self.services
+        template = TemplateRecord(**context.spec["template"])
+        identity = saved_identity(context)
         with tempfile.TemporaryDirectory(prefix="remind-gif-") as work:
             context.report(jobs_pb2.JOB_STAGE_PREPARING, 0.0)
             local = services.templates.local_copy(template, Path(work))

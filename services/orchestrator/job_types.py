@@ -1,5 +1,6 @@
 """What a job type is: admission, which runs inside the Create call and refuses bad input
-before anything is queued, and the work a pool thread runs later. One job type, one module
+before anything is queued, and the work any replica's worker runs later, from the spec and the
+saved work admission left (a job may run more than once: see jobs.py). One job type, one module
 (gif_job.py, video_job.py); the servicer holds them in a table.
 """
 
@@ -13,11 +14,12 @@ from remind.v1 import job_service_pb2 as jobs_pb2
 
 from services.orchestrator.auth import Owner
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.jobs import JobWork
+from services.orchestrator.jobs import JobContext
 from services.orchestrator.media_library import MediaLibrary
 from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
 from services.orchestrator.retries import RetryPolicy
 from services.orchestrator.template_library import TemplateLibrary
+from services.shared import errors
 from services.shared.content_credentials import ContentSigner
 
 
@@ -44,13 +46,31 @@ class JobServices:
         return self.faceswap.prepare_identity(photo, engine)
 
 
+# The identity admission prepared, as the job saves it.
+IDENTITY = "identity.pb"
+
+
 @dataclass(frozen=True)
 class AdmittedJob:
     job: jobs_pb2.Job  # its kind and inputs; the board fills in the rest
-    work: JobWork
+    spec: dict[str, Any]  # what its work needs to know (JSON), kept in the job's record
+    work: dict[str, bytes]  # work done at admission, saved for the job (see JobContext.saved)
 
 
 class JobType(Protocol):
     def admit(self, owner: Owner, request: Any) -> AdmittedJob:
         """Checks a Create request and prepares what the job needs; raises domain errors."""
         ...
+
+    def run(self, context: JobContext) -> jobs_pb2.JobResult:
+        """The job's work, from `context.spec` and its saved work."""
+        ...
+
+
+def saved_identity(context: JobContext) -> faceswap_pb2.FaceIdentity:
+    data = context.saved(IDENTITY)
+    if data is None:
+        raise errors.FailedPrecondition(
+            "The job's prepared face is gone (its data was deleted); submit the job again."
+        )
+    return faceswap_pb2.FaceIdentity.FromString(data)

@@ -17,8 +17,9 @@ from services.orchestrator.auth import ApiKeys, AuthInterceptor, TokenIssuers, c
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.erasure import Erasure
 from services.orchestrator.gif_job import GifJob
+from services.orchestrator.job_queue import JobQueue
 from services.orchestrator.job_types import JobServices, JobType
-from services.orchestrator.jobs import JobBoard
+from services.orchestrator.jobs import JobBoard, worker_name
 from services.orchestrator.media_library import MediaLibrary
 from services.orchestrator.model_clients import FaceSwapClient, LipSyncClient, VoiceClient
 from services.orchestrator.retries import RetryPolicy
@@ -31,6 +32,7 @@ from services.orchestrator.servicer import (
 from services.orchestrator.sweeper import Sweeper
 from services.orchestrator.template_library import TemplateLibrary
 from services.orchestrator.video_job import VideoJob
+from services.shared import errors
 from services.shared.admission import StreamCap
 from services.shared.content_credentials import ContentSigner
 from services.shared.server import GrpcService, RunningServer, serve, start_server
@@ -88,10 +90,15 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     media_library = MediaLibrary(store, settings)
     templates = TemplateLibrary(store, media_library, settings)
     templates.install_builtins()
-    board = JobBoard(store, settings)
-    interrupted = board.fail_interrupted()
-    if interrupted:
-        log.warning("marked %d interrupted jobs as failed", interrupted)
+    job_queue = JobQueue(settings, worker_name())
+    try:
+        job_queue.connect()
+    except errors.Unavailable:
+        raise errors.Misconfigured(
+            f"cannot reach the job queue (NATS) at {settings.nats_url} with the given "
+            "credentials; check REMIND_ORCHESTRATOR_NATS_URL, _NATS_USER and _NATS_PASSWORD"
+        ) from None
+    board = JobBoard(store, settings, job_queue, media_library)
     retry = RetryPolicy(window_seconds=settings.stream_retry_seconds)
     limits = (settings.max_message_bytes, settings.stage_timeout_seconds, retry)
     faceswap = FaceSwapClient(settings.faceswap_address, *limits)
@@ -105,6 +112,7 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
         jobs_pb2.JOB_KIND_VIDEO: VideoJob(services),
     }
 
+    board.start_workers(lambda context: job_types[context.kind].run(context))
     erasure = Erasure(board, media_library)
     anchors = trust_anchors(settings, signer)
     servicers = [

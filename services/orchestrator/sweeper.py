@@ -62,9 +62,10 @@ class Sweeper:
             else:
                 uploads[f"{scope}/{upload_id}"] = upload
         media = {item.key.removesuffix(".json") for item in listed if "/media/" in item.key}
+        jobs = {item.key.removesuffix(".json") for item in listed if "/jobs/" in item.key}
         for bucket, owned in (
             (self.settings.uploads_bucket, lambda key: self._owns_upload(key, uploads, media)),
-            (self.settings.results_bucket, lambda key: self._owns_result(key, media)),
+            (self.settings.results_bucket, lambda key: self._owns_result(key, media, jobs)),
         ):
             for item in self.store.list_objects(bucket):
                 if now - item.last_modified > grace and not owned(item.key):
@@ -98,8 +99,11 @@ class Sweeper:
         return False
 
     @staticmethod
-    def _owns_result(key: str, media: set[str]) -> bool:
+    def _owns_result(key: str, media: set[str], jobs: set[str]) -> bool:
+        """Results belong to their media record; a job's saved work to its job's record."""
         scope, rest = split_scope(key)
+        if len(rest) == 3 and rest[1] == "work":
+            return f"{scope}/jobs/{rest[0]}" in jobs
         if len(rest) != 2:
             return False
         media_id = rest[1].split(".", 1)[0]

@@ -2,6 +2,8 @@
 
 photo -> identity (at admission) -> stored recording -> vocals -> audio features ->
 template frames -> swapped frames -> lip-synced frames -> H.264 + AAC -> result.
+The identity, the vocals and the features are saved with the job as each is made: a job run
+again after its worker died starts at the frames.
 The voice service reads the recording from the store itself and separates only as much of it
 as the template lasts; its vocals stream back as PCM into a local WAV file, which feeds the
 lipsync features and the MP4's sound. Voice extraction
@@ -15,15 +17,15 @@ rests); a longer one is cut at the template's end.
 import tempfile
 import wave
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from remind.v1 import faceswap_pb2, media_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
+from remind.v1 import lipsync_pb2, media_pb2
 
 from services.orchestrator.auth import Owner
 from services.orchestrator.frame_pipeline import FramePipeline, render, store_result
-from services.orchestrator.job_types import AdmittedJob, JobServices
+from services.orchestrator.job_types import IDENTITY, AdmittedJob, JobServices, saved_identity
 from services.orchestrator.jobs import JobContext
 from services.orchestrator.media_library import MediaRecord
 from services.orchestrator.template_library import VIDEO, TemplateRecord
@@ -33,15 +35,8 @@ from services.shared import errors, video, wire
 PREPARED, VOICE_EXTRACTED, FRAMES_DONE, ENCODED = 0.03, 0.2, 0.95, 0.97
 # Vocals go to the lipsync service in chunks well under gRPC's message limit.
 AUDIO_CHUNK_FRAMES = 64 * 1024
-
-
-@dataclass(frozen=True)
-class VideoJobInput:
-    identity: faceswap_pb2.FaceIdentity
-    voice: MediaRecord
-    template: TemplateRecord
-    voice_engine: str
-    lipsync_engine: str
+# The work a job saves as it goes.
+VOCALS, VOICE_ENGINE, FEATURES = "vocals.wav", "voice-engine.txt", "features.pb"
 
 
 class VideoJob:
@@ -68,24 +63,26 @@ class VideoJob:
             voice_media=request.voice_media,
             template=template.name,
         )
-        job_input = VideoJobInput(
-            identity, voice, template, request.voice_engine, request.lipsync_engine
-        )
-        return AdmittedJob(job, lambda context: self.run(context, job_input))
+        spec = {
+            "template": asdict(template),
+            "voice": asdict(voice),
+            "voice_engine": request.voice_engine,
+            "lipsync_engine": request.lipsync_engine,
+        }
+        return AdmittedJob(job, spec, {IDENTITY: identity.SerializeToString()})
 
-    def run(self, context: JobContext, job_input: VideoJobInput) -> jobs_pb2.JobResult:
+    def run(self, context: JobContext) -> jobs_pb2.JobResult:
         services = self.services
+        template = TemplateRecord(**context.spec["template"])
         with tempfile.TemporaryDirectory(prefix="remind-video-") as work:
             context.report(jobs_pb2.JOB_STAGE_PREPARING, 0.0)
-            local = services.templates.local_copy(job_input.template, Path(work))
+            local = services.templates.local_copy(template, Path(work))
             info = local.info
 
-            vocals = VocalsFile(Path(work) / "vocals.wav", info.duration_seconds)
-            voice_engine = self._extract_voice(context, job_input, vocals)
-            features = services.lipsync.prepare_audio(
-                vocals.pcm_chunks, vocals.audio_format(), job_input.lipsync_engine
-            )
-            identity, fps = job_input.identity, info.fps
+            vocals = VocalsFile(Path(work) / VOCALS, info.duration_seconds)
+            voice_engine = self._vocals(context, vocals)
+            features = self._features(context, vocals)
+            identity, fps = saved_identity(context), info.fps
             pipeline = FramePipeline(
                 {
                     "faceswap": lambda frames: services.faceswap.swap_faces(identity, frames),
@@ -113,9 +110,29 @@ class VideoJob:
                 context, services, result_path, "video/mp4", local, rendered, ENCODED
             )
 
-    def _extract_voice(
-        self, context: JobContext, job_input: VideoJobInput, vocals: "VocalsFile"
-    ) -> str:
+    def _vocals(self, context: JobContext, vocals: "VocalsFile") -> str:
+        """Fills `vocals` from the recording, or from an earlier run of the job; returns the
+        engine that separated them."""
+        saved, engine = context.saved(VOCALS), context.saved(VOICE_ENGINE)
+        if saved is not None and engine is not None:
+            vocals.path.write_bytes(saved)
+            return engine.decode()
+        engine_name = self._extract_voice(context, vocals)
+        context.save(VOCALS, vocals.path.read_bytes())
+        context.save(VOICE_ENGINE, engine_name.encode())
+        return engine_name
+
+    def _features(self, context: JobContext, vocals: "VocalsFile") -> lipsync_pb2.AudioFeatures:
+        saved = context.saved(FEATURES)
+        if saved is not None:
+            return lipsync_pb2.AudioFeatures.FromString(saved)
+        features = self.services.lipsync.prepare_audio(
+            vocals.pcm_chunks, vocals.audio_format(), context.spec["lipsync_engine"]
+        )
+        context.save(FEATURES, features.SerializeToString())
+        return features
+
+    def _extract_voice(self, context: JobContext, vocals: "VocalsFile") -> str:
         """Fills `vocals` from the recording; returns the engine that separated them."""
         context.report(jobs_pb2.JOB_STAGE_EXTRACTING_VOICE, PREPARED)
 
@@ -127,8 +144,8 @@ class VideoJob:
 
         with vocals:
             summary = self.services.voice.extract_voice(
-                job_input.voice.storage_object(),
-                job_input.voice_engine,
+                MediaRecord(**context.spec["voice"]).storage_object(),
+                context.spec["voice_engine"],
                 vocals.max_seconds,
                 vocals,
                 progress,
@@ -188,6 +205,15 @@ class VocalsFile:
         return self._wav
 
     def audio_format(self) -> media_pb2.AudioFormat:
+        """The vocals' format: as the voice service declared it, or from a saved file's
+        header."""
+        if self._format is None and self.path.exists():
+            with wave.open(str(self.path), "rb") as wav:
+                return media_pb2.AudioFormat(
+                    encoding=media_pb2.AUDIO_ENCODING_PCM_S16LE,
+                    sample_rate_hz=wav.getframerate(),
+                    channels=wav.getnchannels(),
+                )
         if self._format is None:
             raise errors.FailedPrecondition("The voice service returned no vocals.")
         return self._format

@@ -24,7 +24,17 @@ FRAMES = Counter("remind_frames_total", "Frames processed", ["service", "engine"
 ENGINE_READY = Gauge(
     "remind_engine_ready", "1 when the engine loaded and can serve", ["engine", "device"]
 )
-JOBS_PENDING = Gauge("remind_jobs_pending", "Jobs queued or running in this orchestrator")
+JOBS_RUNNING_HERE = Gauge("remind_jobs_running", "Jobs this orchestrator replica is running")
+# The job queue as every replica sees it (JetStream's consumer), sampled by each replica.
+JOBS_WAITING = Gauge("remind_jobs_waiting", "Jobs accepted and not yet taken by any worker")
+JOBS_IN_PROGRESS = Gauge("remind_jobs_in_progress", "Jobs taken by a worker, in all replicas")
+JOBS_ENDED = Counter("remind_jobs_ended_total", "Jobs this replica ended, by state", ["state"])
+JOB_REDELIVERIES = Counter(
+    "remind_job_redeliveries_total", "Jobs taken up again after their worker stopped"
+)
+JOB_LEASE_LOSSES = Counter(
+    "remind_job_lease_losses_total", "Jobs this replica stopped because another took them over"
+)
 STAGE_SECONDS = Histogram(
     "remind_job_stage_seconds",
     "Wall time of each job stage",
