@@ -78,6 +78,7 @@ bench: setup
 	$(PY) -m benchmarks.voice
 	$(PY) -m benchmarks.faceswap_engines
 	$(PY) -m benchmarks.lipsync
+	$(PY) -m benchmarks.job_queue
 	$(PY) -m benchmarks.summary
 
 # The official SimSwap weights into models/ (non-commercial licences: see README).

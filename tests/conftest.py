@@ -32,8 +32,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     local = LocalStack(
         tmp_path_factory.mktemp("stack"),
         free_base_port(),
-        # A service killed by a fault test is back within seconds; a dead one fails a job fast.
-        extra_env={"REMIND_ORCHESTRATOR_STREAM_RETRY_SECONDS": "20"},
+        # A service killed by a fault test is back within seconds; a dead one fails a job fast;
+        # a job whose orchestrator was killed runs again within seconds.
+        extra_env={
+            "REMIND_ORCHESTRATOR_STREAM_RETRY_SECONDS": "20",
+            "REMIND_ORCHESTRATOR_JOB_LEASE_SECONDS": "6",
+        },
         tenants=TENANTS,
     )
     local.start()

@@ -122,7 +122,7 @@ def test_metrics_endpoints_count_rpcs(stack_info: StackInfo):
         assert "remind_rpcs_total" in text
     orchestrator = urllib.request.urlopen(stack_info.metrics_url("orchestrator")).read().decode()
     assert 'method="ListTemplates"' in orchestrator
-    assert "remind_jobs_pending" in orchestrator
+    assert "remind_jobs_running" in orchestrator and "remind_jobs_waiting" in orchestrator
     faceswap = urllib.request.urlopen(stack_info.metrics_url("faceswap")).read().decode()
     assert 'remind_engine_ready{device="cpu",engine="landmark_warp"} 1.0' in faceswap
 

@@ -463,7 +463,6 @@ class JobBoard:
             return None
         if delivery.number > 1:
             JOB_REDELIVERIES.inc()
-            log.info("job %s taken up again (delivery %d)", job.name, delivery.number)
         try:
             self._update(live, lambda job: setattr(job, "state", jobs_pb2.JOB_STATE_RUNNING))
         except LeaseLost:
@@ -472,6 +471,7 @@ class JobBoard:
         with self._changed:
             self._live[live.job_id] = live
             JOBS_RUNNING_HERE.set(len(self._live))
+        log.info("job %s running here (delivery %d)", job.name, delivery.number)
         if self.queue.cancel_requested(live.job_id):
             live.cancel.set()
         return live
