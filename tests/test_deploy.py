@@ -1257,7 +1257,7 @@ def test_readme_documents_the_deployment() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Deployment", 1)[1].split("\n## ", 1)[0]
     for needle in ("deploy/compose.yaml", "deploy/k8s", "nvidia.com/gpu", "gRPC-web",
-                   "deploy/docker/Dockerfile"):
+                   "deploy/docker/Dockerfile", "NATS", "KEDA", "remind-nats"):
         assert needle in section, needle
     assert readme.index("## Deployment") < readme.index("## Responsible use")
 
