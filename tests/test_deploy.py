@@ -1,8 +1,9 @@
 """The deployment (deploy/): every file checked by the tool that owns its format — the Kubernetes
-JSON schemas, the compose-spec schema, Envoy itself, BuildKit's Dockerfile parser — and
-cross-checks that catch a service wired to the wrong module, port, setting, probe or GPU.
-Everything runs offline, in seconds."""
+JSON schemas, the compose-spec schema, Envoy and nats-server themselves, BuildKit's Dockerfile
+parser — and cross-checks that catch a service wired to the wrong module, port, setting, probe
+or GPU. Everything runs offline, in seconds."""
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -16,6 +17,7 @@ import shutil
 import socket
 import string
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -43,11 +45,14 @@ COMPOSE = DEPLOY / "compose.yaml"
 ENVOY_COMPOSE = DEPLOY / "envoy" / "envoy.yaml"
 ENVOY_LOCAL_TEMPLATE = DEPLOY / "envoy" / "envoy.local.yaml.tmpl"
 ENVOY_K8S = K8S / "envoy" / "envoy.yaml"
+NATS_COMPOSE = DEPLOY / "nats" / "nats.conf"
+NATS_K8S = K8S / "nats" / "nats.conf"
 
 MODEL_SERVICES = ("faceswap", "lipsync", "voice")
 SERVICES = ("orchestrator", *MODEL_SERVICES)
-# Everything the deployment runs: the services, the gRPC-web edge and the object store.
-DEPLOYED = (*SERVICES, "envoy", "minio")
+# Everything the deployment runs: the services, the gRPC-web edge, the object store and the
+# job queue.
+DEPLOYED = (*SERVICES, "envoy", "minio", "nats")
 NAMESPACE = "remind"
 # The oldest Kubernetes we support (gRPC probes are GA from 1.27) and the newest schemas shipped.
 K8S_VERSIONS = ("1.30", latest_version())
@@ -57,6 +62,56 @@ PUBLIC_API = ("remind.v1.JobService", "remind.v1.TemplateService", "remind.v1.Me
 REQUIRED_CORS_HEADERS = {"content-type", "x-grpc-web", "x-user-agent", "grpc-timeout",
                          "authorization", "x-api-key"}
 PLACEHOLDER_MARKERS = ("change-me", "example", "placeholder")
+# KEDA's ScaledObject (keda.sh/v1alpha1), which kubernetes-validate does not know: the fields of
+# its specification (keda.sh/docs/latest/reference/scaledobject-spec), no others. Trigger
+# metadata is a map of strings in KEDA's CRD: `lagThreshold: 4` (a number) is refused at apply.
+SCALED_OBJECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "ScaledObject"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "required": ["scaleTargetRef", "triggers"],
+            "additionalProperties": False,
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {key: {"type": "string"} for key in
+                                   ("apiVersion", "kind", "name", "envSourceContainerName")},
+                },
+                **{key: {"type": "integer", "minimum": 0} for key in
+                   ("pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
+                    "idleReplicaCount", "minReplicaCount", "maxReplicaCount")},
+                "advanced": {"type": "object"},
+                "fallback": {"type": "object"},
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "metadata"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "type": {"type": "string"},
+                            "name": {"type": "string"},
+                            "metadata": {"type": "object",
+                                         "additionalProperties": {"type": "string"}},
+                            "authenticationRef": {"type": "object"},
+                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                            "useCachedMetrics": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,9 +169,19 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
             env.update(secrets[source["secretRef"]["name"]]["stringData"])
     for item in container.get("env", []):
         reference = item.get("valueFrom", {}).get("secretKeyRef")
-        value = secrets[reference["name"]]["stringData"][reference["key"]] if reference else None
-        env[item["name"]] = item["value"] if value is None else value
+        if reference:
+            env[item["name"]] = secrets[reference["name"]]["stringData"][reference["key"]]
+        elif "value" in item:  # not a fieldRef, which only the running pod knows
+            env[item["name"]] = item["value"]
     return env
+
+
+def validate_manifest(doc: dict[str, Any], version: str) -> None:
+    """Kubernetes' own kinds against its schemas, KEDA's ScaledObject against ours."""
+    if doc["apiVersion"] == SCALED_OBJECT_SCHEMA["properties"]["apiVersion"]["const"]:
+        jsonschema.validate(doc, SCALED_OBJECT_SCHEMA)
+    else:
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 def compose_port(service: str) -> int:
@@ -213,8 +278,8 @@ def test_every_kubernetes_manifest_matches_the_kubernetes_schema(version: str) -
     assert len(documents) >= 20
     for resource, doc in documents:
         try:
-            kubernetes_validate.validate(doc, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
+            validate_manifest(doc, version)
+        except jsonschema.ValidationError as error:
             path = ".".join(str(part) for part in error.path)
             pytest.fail(f"{resource}: {doc['kind']}/{doc['metadata']['name']}: {path}: "
                         f"{error.message}")
@@ -227,14 +292,31 @@ def test_kubernetes_validation_rejects_a_misspelt_field() -> None:
         kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
 
 
-def test_kustomization_lists_every_manifest_and_the_envoy_config() -> None:
+def test_kustomization_lists_every_manifest_and_the_envoy_and_nats_configs() -> None:
     listed = set(kustomization()["resources"])
     on_disk = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == on_disk
     generated = kustomization()["configMapGenerator"]
-    assert generated == [{"name": "envoy-config", "files": ["envoy.yaml=envoy/envoy.yaml"]}]
+    assert generated == [
+        {"name": "envoy-config", "files": ["envoy.yaml=envoy/envoy.yaml"]},
+        {"name": "nats-config", "files": ["nats.conf=nats/nats.conf"]},
+    ]
     volumes = pod_spec(k8s_objects("Deployment")["envoy"])["volumes"]
     assert {"name": "config", "configMap": {"name": "envoy-config"}} in volumes
+    volumes = pod_spec(k8s_objects("StatefulSet")["nats"])["volumes"]
+    assert {"name": "config", "configMap": {"name": "nats-config"}} in volumes
+
+
+def test_the_scaled_object_schema_rejects_a_misspelt_field_and_a_number() -> None:
+    scaled = k8s_objects("ScaledObject")["orchestrator"]
+    jsonschema.validate(scaled, SCALED_OBJECT_SCHEMA)
+    misspelt = copy.deepcopy(scaled)
+    misspelt["spec"]["minReplicas"] = misspelt["spec"].pop("minReplicaCount")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(misspelt, SCALED_OBJECT_SCHEMA)
+    scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 4
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(scaled, SCALED_OBJECT_SCHEMA)
 
 
 @pytest.mark.parametrize("name", DEPLOYED)
@@ -264,14 +346,17 @@ def test_the_kustomize_build_is_valid_kubernetes() -> None:
     assert built.returncode == 0, built.stderr
     documents = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
     for doc in documents:
-        kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+        validate_manifest(doc, K8S_VERSIONS[-1])
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == NAMESPACE
     config_maps = [doc["metadata"]["name"] for doc in documents if doc["kind"] == "ConfigMap"]
-    envoy = next(d for d in documents if d["kind"] == "Deployment" and
-                 d["metadata"]["name"] == "envoy")
-    mounted = pod_spec(envoy)["volumes"][0]["configMap"]["name"]
-    assert mounted.startswith("envoy-config-") and mounted in config_maps
+    # A changed config is a new ConfigMap name, so the pods that mount it roll.
+    for kind, name in (("Deployment", "envoy"), ("StatefulSet", "nats")):
+        workload = next(d for d in documents if d["kind"] == kind and
+                        d["metadata"]["name"] == name)
+        config = next(v for v in pod_spec(workload)["volumes"] if v["name"] == "config")
+        mounted = config["configMap"]["name"]
+        assert mounted.startswith(f"{name}-config-") and mounted in config_maps
 
 
 def test_model_services_request_a_gpu_on_gpu_nodes_and_the_others_do_not() -> None:
@@ -319,7 +404,7 @@ def test_the_orchestrator_reaches_headless_model_services_by_dns_for_round_robin
 
 def test_every_workload_is_unprivileged_bounded_and_probed() -> None:
     workloads = {**k8s_objects("Deployment"), **k8s_objects("StatefulSet")}
-    assert set(SERVICES) | {"envoy", "minio"} <= set(workloads)
+    assert set(DEPLOYED) <= set(workloads)
     for name, workload in workloads.items():
         spec = pod_spec(workload)
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -348,9 +433,6 @@ def test_model_services_autoscale_and_keep_a_pod_through_disruptions() -> None:
             k8s_objects("Deployment")[service]["spec"]["selector"]["matchLabels"]
         )
     assert budgets["envoy"]["spec"]["minAvailable"] == 1
-    # One orchestrator replica: a budget would block every node drain.
-    assert "orchestrator" not in budgets
-    assert k8s_objects("Deployment")["orchestrator"]["spec"]["replicas"] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +467,7 @@ def test_compose_publishes_only_the_edge_and_loopback_grpc() -> None:
     assert set(published) == {"envoy", "orchestrator"}
     assert all(port.startswith("127.0.0.1:") for port in published["orchestrator"])
     assert compose()["networks"]["internal"]["internal"] is True
-    for name in ("minio", *MODEL_SERVICES):
+    for name in ("minio", "nats", *MODEL_SERVICES):
         assert services[name]["networks"] == ["internal"], name
     assert services["envoy"]["networks"] == ["edge"]
 
@@ -427,6 +509,295 @@ def test_buckets_made_at_set_up_are_the_orchestrator_buckets() -> None:
     in_k8s = set(next(e["value"] for e in job["env"] if e["name"] == "BUCKETS").split())
     assert in_compose == expected
     assert in_k8s == expected | {"remind-models"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The job queue: NATS with JetStream, one server in compose, a cluster of three in Kubernetes
+
+
+def conf_top_level(conf: str) -> str:
+    """A nats.conf without its blocks (`name { ... }` at the start of a line)."""
+    return re.sub(r"^\w+\s*\{.*?^\}", "", conf, flags=re.MULTILINE | re.DOTALL)
+
+
+def conf_block(conf: str, name: str) -> str:
+    found = re.search(rf"^{name}\s*\{{(.*?)^\}}", conf, re.MULTILINE | re.DOTALL)
+    assert found, f"no {name} block"
+    return found.group(1)
+
+
+def conf_value(text: str, key: str) -> str:
+    found = re.search(rf"^\s*{key}\s*[:=]\s*(\S+)", text, re.MULTILINE)
+    assert found, f"no {key}"
+    return found.group(1)
+
+
+def seconds(duration: str) -> float:
+    """A duration such as 30s (nats.conf, compose) in seconds."""
+    assert duration.endswith("s"), duration
+    return float(duration[:-1])
+
+
+def nats_container() -> dict[str, Any]:
+    (container,) = pod_spec(k8s_objects("StatefulSet")["nats"])["containers"]
+    return container
+
+
+def env_example() -> dict[str, str]:
+    lines = (DEPLOY / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def compose_environment(service: str) -> dict[str, str]:
+    """The service's environment as compose makes it from deploy/.env.example: its value of a
+    ${VARIABLE}, else the ${VARIABLE:-default}."""
+    example = env_example()
+
+    def value(found: re.Match[str]) -> str:
+        return example.get(found.group(1), found.group(2) or "")
+
+    return {
+        key: re.sub(r"\$\{(\w+)(?::-([^}]*))?[^}]*\}", value, str(setting))
+        for key, setting in compose()["services"][service]["environment"].items()
+    }
+
+
+def nats_environments() -> dict[str, tuple[Path, dict[str, str]]]:
+    """Each nats.conf and the environment its server gets, placeholders for the secrets."""
+    pod = {"POD_NAME": "nats-0", **container_env(nats_container())}
+    return {"compose": (NATS_COMPOSE, compose_environment("nats")), "k8s": (NATS_K8S, pod)}
+
+
+def nats_server() -> str:
+    return str(Path(sys.executable).parent / "nats-server")
+
+
+def nats_check(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """nats-server's own check of a config: parsed, every field known, every $VARIABLE set."""
+    return subprocess.run([nats_server(), "-c", str(config), "-t"], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("which", ["compose", "k8s"])
+def test_nats_server_accepts_each_config(which: str) -> None:
+    config, env = nats_environments()[which]
+    result = nats_check(config, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nats_server_rejects_a_misspelt_field_and_an_unset_password(tmp_path: Path) -> None:
+    config, env = nats_environments()["k8s"]
+    broken = tmp_path / "nats.conf"
+    broken.write_text(config.read_text().replace("store_dir", "store_dri"))
+    assert nats_check(broken, env).returncode != 0
+    # A pod without the Secret's key does not start: it never runs with an empty password.
+    without_password = {k: v for k, v in env.items() if k != "NATS_PASSWORD"}
+    assert nats_check(config, without_password).returncode != 0
+
+
+def test_kubernetes_runs_a_three_server_jetstream_cluster() -> None:
+    statefulset = k8s_objects("StatefulSet")["nats"]
+    spec = statefulset["spec"]
+    conf = NATS_K8S.read_text()
+    cluster = conf_block(conf, "cluster")
+    assert spec["replicas"] == 3
+    headless = k8s_objects("Service")[spec["serviceName"]]["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    routes = re.findall(r"nats://([\w.-]+):(\d+)", cluster)
+    assert set(routes) == {
+        (f"nats-{ordinal}.{spec['serviceName']}.{NAMESPACE}.svc.cluster.local",
+         conf_value(cluster, "port"))
+        for ordinal in range(spec["replicas"])
+    }
+    assert conf_value(cluster, "name")
+    # Every pod keeps JetStream's files on its own volume.
+    container = nats_container()
+    (claim,) = spec["volumeClaimTemplates"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert mount["mountPath"] == conf_value(conf_block(conf, "jetstream"), "store_dir")
+    # The ports of nats.conf are the pod's and the Services'.
+    top = conf_top_level(conf)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"nats": int(conf_value(top, "port")),
+                     "cluster": int(conf_value(cluster, "port")),
+                     "monitor": int(conf_value(top, "http_port"))}
+    assert {p["name"]: p["port"] for p in headless["ports"]} == ports
+    client = k8s_objects("Service")["nats"]["spec"]
+    assert [(p["name"], p["port"]) for p in client["ports"]] == [("nats", ports["nats"])]
+    assert client["selector"] == headless["selector"] == spec["selector"]["matchLabels"]
+    # The Helm chart's probes, on the monitoring port.
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/healthz?js-enabled-only=true", "port": "monitor"}
+    assert container["readinessProbe"]["httpGet"]["port"] == "monitor"
+    # Lame duck mode runs to its end before the pod is killed.
+    lame_duck = seconds(conf_value(top, "lame_duck_grace_period")) + seconds(
+        conf_value(top, "lame_duck_duration"))
+    assert pod_spec(statefulset)["terminationGracePeriodSeconds"] > lame_duck
+    assert conf_value(top, "pid_file") in " ".join(container["lifecycle"]["preStop"]["exec"][
+        "command"])
+    (spread,) = pod_spec(statefulset)["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == (
+        "kubernetes.io/hostname", "DoNotSchedule")
+    budget = k8s_objects("PodDisruptionBudget")["nats"]["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert budget["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("which", ["compose", "k8s"])
+def test_nats_requires_the_secret_user_and_password(which: str) -> None:
+    config, env = nats_environments()[which]
+    authorization = conf_block(config.read_text(), "authorization")
+    assert conf_value(authorization, "user") == "$NATS_USER"
+    assert conf_value(authorization, "password") == "$NATS_PASSWORD"
+    assert "no_auth_user" not in config.read_text()
+    assert env["NATS_PASSWORD"].startswith("change-me")
+
+
+def test_the_orchestrator_reaches_the_nats_cluster_with_the_secret() -> None:
+    env = container_env(main_container("orchestrator"))
+    port = k8s_objects("Service")["nats"]["spec"]["ports"][0]["port"]
+    assert env["REMIND_ORCHESTRATOR_NATS_URL"] == (
+        f"nats://nats.{NAMESPACE}.svc.cluster.local:{port}"
+    )
+    # The stream and the bucket keep a copy on every server.
+    assert env["REMIND_ORCHESTRATOR_NATS_REPLICAS"] == "3"
+    assert k8s_objects("StatefulSet")["nats"]["spec"]["replicas"] == 3
+    references = {item["name"]: item["valueFrom"]["secretKeyRef"]
+                  for item in main_container("orchestrator")["env"] if "valueFrom" in item}
+    assert references["REMIND_ORCHESTRATOR_NATS_USER"] == {"name": "remind-nats",
+                                                           "key": "NATS_USER"}
+    assert references["REMIND_ORCHESTRATOR_NATS_PASSWORD"] == {"name": "remind-nats",
+                                                               "key": "NATS_PASSWORD"}
+    assert {"secretRef": {"name": "remind-nats"}} in nats_container()["envFrom"]
+
+
+def test_the_orchestrator_runs_two_replicas_or_more_scaled_on_the_job_queue() -> None:
+    from services.orchestrator.job_queue import CONSUMER, STREAM
+
+    deployment = k8s_objects("Deployment")["orchestrator"]["spec"]
+    assert deployment["replicas"] >= 2
+    assert deployment["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    budget = k8s_objects("PodDisruptionBudget")["orchestrator"]["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert budget["selector"]["matchLabels"] == deployment["selector"]["matchLabels"]
+    # KEDA makes the autoscaler; a second one would fight it.
+    assert "orchestrator" not in k8s_objects("HorizontalPodAutoscaler")
+    scaled = k8s_objects("ScaledObject")["orchestrator"]["spec"]
+    assert scaled["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": "orchestrator"
+    }
+    assert deployment["replicas"] <= scaled["minReplicaCount"] < scaled["maxReplicaCount"]
+    assert scaled["minReplicaCount"] >= 2
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "nats-jetstream"
+    metadata = trigger["metadata"]
+    # $G: the account of every user when nats.conf defines no accounts.
+    assert (metadata["account"], metadata["stream"], metadata["consumer"]) == (
+        "$G", STREAM, CONSUMER)
+    assert "accounts" not in NATS_K8S.read_text()
+    # In a cluster KEDA asks the consumer's leader at <server_name>.<endpoint>: the headless
+    # Service, whose DNS names each pod, and servers named after their pods.
+    statefulset = k8s_objects("StatefulSet")["nats"]["spec"]
+    monitor = int(conf_value(conf_top_level(NATS_K8S.read_text()), "http_port"))
+    assert metadata["natsServerMonitoringEndpoint"] == (
+        f"{statefulset['serviceName']}.{NAMESPACE}.svc.cluster.local:{monitor}"
+    )
+    assert conf_value(NATS_K8S.read_text(), "server_name") == "$POD_NAME"
+    pod_name = next(e for e in nats_container()["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # The lag counts running jobs too: replicas merely busy, no job waiting, add no replica.
+    settings = settings_class("orchestrator")()
+    env = container_env(main_container("orchestrator"))
+    workers = int(env.get("REMIND_ORCHESTRATOR_JOB_WORKERS", settings.job_workers))
+    assert int(metadata["lagThreshold"]) >= workers
+
+
+def test_compose_runs_one_nats_server_with_jetstream_on_a_volume() -> None:
+    services = compose()["services"]
+    nats = services["nats"]
+    conf = NATS_COMPOSE.read_text()
+    (config,) = nats["configs"]
+    assert nats["command"] == ["--config", config["target"]]
+    assert compose()["configs"][config["source"]]["file"] == "./nats/nats.conf"
+    (volume,) = nats["volumes"]
+    name, target = volume.split(":")
+    assert name in compose()["volumes"]
+    assert target == conf_value(conf_block(conf, "jetstream"), "store_dir")
+    # Monitoring on the container's loopback, read by the health check (busybox wget, alpine).
+    monitor = conf_value(conf_top_level(conf), "http")
+    assert monitor.startswith("127.0.0.1:")
+    assert nats["healthcheck"]["test"][-1] == f"http://{monitor}/healthz?js-enabled-only=true"
+    assert "wget" in nats["healthcheck"]["test"] and "-alpine" in nats["image"]
+    orchestrator = compose_environment("orchestrator")
+    port = conf_value(conf_top_level(conf), "port")
+    assert orchestrator["REMIND_ORCHESTRATOR_NATS_URL"] == f"nats://nats:{port}"
+    assert orchestrator["REMIND_ORCHESTRATOR_NATS_REPLICAS"] == "1"
+    server = compose_environment("nats")
+    assert (orchestrator["REMIND_ORCHESTRATOR_NATS_USER"],
+            orchestrator["REMIND_ORCHESTRATOR_NATS_PASSWORD"]) == (
+        server["NATS_USER"], server["NATS_PASSWORD"])
+    assert services["orchestrator"]["depends_on"]["nats"]["condition"] == "service_healthy"
+
+
+def test_the_orchestrator_stops_after_its_calls_and_running_jobs_end() -> None:
+    """SIGTERM: calls in flight get the shutdown grace, then running jobs JOB_FINISH_SECONDS,
+    then the rest are handed back to the queue; only then may the pod be killed."""
+    settings = settings_class("orchestrator")()
+    handing_back = 10  # seconds to cancel the rest and return them to the queue
+
+    def needed(env: dict[str, str]) -> float:
+        grace = float(env.get("REMIND_ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS",
+                              settings.shutdown_grace_seconds))
+        finish = float(env.get("REMIND_ORCHESTRATOR_JOB_FINISH_SECONDS",
+                               settings.job_finish_seconds))
+        return grace + finish + handing_back
+
+    k8s = pod_spec(k8s_objects("Deployment")["orchestrator"])["terminationGracePeriodSeconds"]
+    assert k8s >= needed(container_env(main_container("orchestrator")))
+    stop = seconds(compose()["services"]["orchestrator"]["stop_grace_period"])
+    assert stop >= needed(compose_environment("orchestrator"))
+
+
+def nats_handshake(port: int, credentials: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """The server's INFO, and its answer to CONNECT with these credentials and a PING."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        reader = connection.makefile("rb")
+        info = json.loads(reader.readline().decode().removeprefix("INFO "))
+        hello = json.dumps({"verbose": False, **credentials})
+        connection.sendall(f"CONNECT {hello}\r\nPING\r\n".encode())
+        return info, reader.readline().decode().strip()
+
+
+@pytest.fixture
+def compose_nats(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """nats-server with compose's nats.conf, its store and ports moved to this test's own:
+    (client port, monitoring port)."""
+    conf = NATS_COMPOSE.read_text()
+    store = conf_value(conf_block(conf, "jetstream"), "store_dir")
+    config = tmp_path / "nats.conf"
+    config.write_text(conf.replace(f"store_dir: {store}",
+                                   f"store_dir: {json.dumps(str(tmp_path / 'store'))}"))
+    client, monitor = free_port(), free_port()
+    command = [nats_server(), "-c", str(config), "-a", "127.0.0.1", "-p", str(client),
+               "-m", str(monitor)]
+    with serving(command, tmp_path / "nats.log", monitor, "/healthz?js-enabled-only=true",
+                 nats_environments()["compose"][1]):
+        yield client, monitor
+
+
+def test_the_compose_nats_server_refuses_anonymous_clients_and_runs_jetstream(
+    compose_nats: tuple[int, int], tmp_path: Path,
+) -> None:
+    client, monitor = compose_nats
+    info, answer = nats_handshake(client, {})
+    assert info["auth_required"] is True and info["jetstream"] is True
+    assert answer == "-ERR 'Authorization Violation'"
+    env = nats_environments()["compose"][1]
+    _, answer = nats_handshake(client, {"user": env["NATS_USER"], "pass": env["NATS_PASSWORD"]})
+    assert answer == "PONG"
+    status, _, body = http_request(monitor, "GET", "/jsz")
+    assert status == 200
+    assert json.loads(body)["config"]["store_dir"].startswith(str(tmp_path / "store"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,6 +1110,35 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serving(
+    command: list[str], log: Path, port: int, path: str, env: dict[str, str] | None = None
+) -> Iterator[None]:
+    """The command running until the block ends, from when GET `path` on `port` answers 200."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if http_request(port, "GET", path)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, f"{Path(command[0]).name} did not start"
+                time.sleep(0.05)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 @pytest.fixture
 def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -755,31 +1155,9 @@ def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
 def edge(tmp_path: Path, health_server: tuple[int, health.HealthServicer]) -> Iterator[int]:
     listen_port = free_port()
     config = render_local_envoy(tmp_path, listen_port, health_server[0])
-    log = (tmp_path / "envoy.log").open("wb")
-    process = subprocess.Popen(
-        [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--log-level", "warn"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if http_request(listen_port, "GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None, (tmp_path / "envoy.log").read_text()
-            assert time.monotonic() < deadline, "envoy did not start"
-            time.sleep(0.05)
+    command = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--log-level", "warn"]
+    with serving(command, tmp_path / "envoy.log", listen_port, "/healthz"):
         yield listen_port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def http_request(
@@ -879,7 +1257,7 @@ def test_readme_documents_the_deployment() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Deployment", 1)[1].split("\n## ", 1)[0]
     for needle in ("deploy/compose.yaml", "deploy/k8s", "nvidia.com/gpu", "gRPC-web",
-                   "deploy/docker/Dockerfile"):
+                   "deploy/docker/Dockerfile", "NATS", "KEDA", "remind-nats"):
         assert needle in section, needle
     assert readme.index("## Deployment") < readme.index("## Responsible use")
 

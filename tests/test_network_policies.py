@@ -13,6 +13,8 @@ POLICIES = K8S / "network-policies.yaml"
 MODEL_SERVICES = ("faceswap", "lipsync", "voice")
 MINIO_CLIENTS = {"orchestrator", "voice", "faceswap", "lipsync", "minio-init"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+KEDA = {"kubernetes.io/metadata.name": "keda"}
+KEDA_OPERATOR = {"app.kubernetes.io/name": "keda-operator"}
 NAMESPACE = {"kubernetes.io/metadata.name": "remind"}
 
 
@@ -158,6 +160,30 @@ def test_the_edge_is_public_and_the_only_way_to_the_orchestrator() -> None:
     }
     assert callers == {"envoy"}
     assert not allowed(every, None, orchestrator, orchestrator["ports"]["grpc"])
+
+
+def test_only_the_orchestrator_reaches_nats_and_only_its_servers_the_routes() -> None:
+    pods, every = workloads(), policies()
+    nats = pods["nats"]
+
+    def callers(port: int) -> set[str]:
+        return {name for name, pod in pods.items() if allowed(every, pod["labels"], nats, port)}
+
+    assert callers(nats["ports"]["nats"]) == {"orchestrator"}
+    assert callers(nats["ports"]["cluster"]) == {"nats"}
+    assert callers(nats["ports"]["monitor"]) == set()
+    assert not any(allowed(every, None, nats, port) for port in nats["ports"].values())
+
+
+def test_keda_operator_alone_reads_the_nats_monitoring_port() -> None:
+    pods, every = workloads(), policies()
+    nats = pods["nats"]
+    monitor = nats["ports"]["monitor"]
+    assert allowed(every, KEDA_OPERATOR, nats, monitor, KEDA)
+    assert not allowed(every, {"app.kubernetes.io/name": "keda-admission-webhooks"}, nats,
+                       monitor, KEDA)
+    assert not allowed(every, KEDA_OPERATOR, nats, nats["ports"]["nats"], KEDA)
+    assert not allowed(every, KEDA_OPERATOR, nats, monitor, MONITORING)
 
 
 def test_metrics_are_scraped_from_the_monitoring_namespace_only() -> None:
