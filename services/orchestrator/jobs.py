@@ -341,7 +341,6 @@ class JobBoard:
 
     def submit(
         self,
-        tenant: str,
         scope: str,
         job: jobs_pb2.Job,
         spec: dict[str, Any],
@@ -368,7 +367,7 @@ class JobBoard:
                 is None
             ):
                 raise errors.AlreadyExists(f"Job {job.name} exists already; submit it again.")
-            self.queue.publish(tenant, scope, job_id)
+            self.queue.publish(scope, job_id)
         except errors.RemindError:
             self._forget_submitted(scope, job_id)
             raise
@@ -675,7 +674,10 @@ class JobBoard:
                 JOBS_ENDED.labels(jobs_pb2.JobState.Name(job.state)).inc()
                 self.queue.publish_live(job_id, job.SerializeToString())
                 self._drop_work(scope, job_id)
-                # Its message is taken off the queue by the first worker that gets it.
+                try:
+                    self.queue.remove(scope, job_id)
+                except errors.Unavailable:
+                    pass  # the first worker that gets its message drops it
                 return job
 
     def delete(self, scope: str, name: str) -> jobs_pb2.Job:

@@ -92,9 +92,7 @@ class JobServicer(jobs_grpc.JobServiceServicer):
     def _create(self, kind: int, request: Any) -> jobs_pb2.Job:
         owner = current_owner()
         admitted = self.job_types[kind].admit(owner, request)
-        return self.board.submit(
-            owner.tenant, owner.scope, admitted.job, admitted.spec, admitted.work
-        )
+        return self.board.submit(owner.scope, admitted.job, admitted.spec, admitted.work)
 
     def CreateGifJob(
         self, request: jobs_pb2.CreateGifJobRequest, context: grpc.ServicerContext
