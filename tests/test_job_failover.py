@@ -65,9 +65,9 @@ def store_of(info: StackInfo) -> ObjectStore:
     return ObjectStore(S3Settings(info.s3_endpoint, info.access_key, info.secret_key))
 
 
-def deliveries(stack: LocalStack, job: str) -> dict[int, str]:
-    """Which replica took the job at each delivery, from their logs."""
-    pattern = re.compile(rf"job {job} running here \(delivery (\d+)\)")
+def attempts(stack: LocalStack, job: str) -> dict[int, str]:
+    """Which replica started the job at each attempt, from their logs."""
+    pattern = re.compile(rf"job {job} running here \(attempt (\d+)\)")
     taken: dict[int, str] = {}
     for name in REPLICAS:
         log = stack.state_dir / "logs" / f"{name}.log"
@@ -77,14 +77,14 @@ def deliveries(stack: LocalStack, job: str) -> dict[int, str]:
     return taken
 
 
-def running_on(stack: LocalStack, job: str, delivery: int = 1, timeout: float = 60) -> str:
+def running_on(stack: LocalStack, job: str, attempt: int = 1, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        taken = deliveries(stack, job)
-        if delivery in taken:
-            return taken[delivery]
+        taken = attempts(stack, job)
+        if attempt in taken:
+            return taken[attempt]
         time.sleep(0.1)
-    raise AssertionError(f"{job} was not taken a {delivery}. time: {deliveries(stack, job)}")
+    raise AssertionError(f"{job} had no attempt {attempt}: {attempts(stack, job)}")
 
 
 def other(name: str) -> str:
@@ -145,7 +145,7 @@ def test_a_gif_job_whose_replica_is_killed_mid_frames_finishes_on_the_other(
     job = first.create_gif_job(face, template)
     runner, final = kill_mid_frames(stack, replicas, job, 10)
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error.message
-    assert deliveries(stack, job.name) == {1: runner, 2: other(runner)}
+    assert attempts(stack, job.name) == {1: runner, 2: other(runner)}
     result = tmp_path / "result.gif"
     result.write_bytes(replicas[other(runner)].download(final.result.media))
     assert sum(1 for _ in video.iter_frames(result)) == 118
@@ -166,9 +166,9 @@ def test_an_mp4_job_whose_replica_is_killed_finishes_without_separating_the_voic
     job = first.create_video_job(face, voice, template)
     runner, final = kill_mid_frames(stack, replicas, job, 20)
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error.message
-    assert deliveries(stack, job.name) == {1: runner, 2: other(runner)}
+    assert attempts(stack, job.name) == {1: runner, 2: other(runner)}
     assert final.result.frames_total == final.result.frames_with_face > 0
-    # The second delivery reused the vocals and features the first one saved.
+    # The second attempt reused the vocals and features the first one saved.
     assert counter(info, "voice", separations) - before == 1
     assert len(result_objects(info, job.name)) == 1
 
@@ -191,7 +191,7 @@ def test_a_stalled_worker_cannot_overwrite_the_result_of_the_worker_that_took_ov
     finally:
         os.kill(pid, signal.SIGCONT)
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error.message
-    assert deliveries(stack, job.name)[2] == other(runner)
+    assert attempts(stack, job.name)[2] == other(runner)
     # The stalled worker wakes up with its frames half done, finds its lease and the record
     # taken over, and stops: the job, its result and its one object stay as they were.
     log = stack.state_dir / "logs" / f"{runner}.log"
@@ -258,7 +258,7 @@ def test_forty_jobs_over_two_replicas_are_watched_and_cancelled_from_either(
             jobs_pb2.JOB_STATE_CANCELLED if name in cancelled else jobs_pb2.JOB_STATE_SUCCEEDED
         )
         assert job.state == expected, (name, job.error.message)
-    ran_on = {deliveries(stack, name).get(1) for name in finals if name not in cancelled}
+    ran_on = {attempts(stack, name).get(1) for name in finals if name not in cancelled}
     assert ran_on == set(REPLICAS)
 
 
@@ -269,8 +269,8 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_three_and_blocks_not
     poison = first.create_gif_job(face, long_gif_template(first, tmp_path, "failover-long"))
     template = long_gif_template(first, tmp_path, "failover-short", frames=24)
     behind = [first.create_gif_job(face, template) for _ in range(3)]
-    for delivery in (1, 2, 3):
-        kill_hard(stack, running_on(stack, poison.name, delivery))
+    for attempt in (1, 2, 3):
+        kill_hard(stack, running_on(stack, poison.name, attempt))
         stack.start()  # its supervisor brings it back
     with RemindClient(
         stack.info().address("orchestrator"), stack.info().api_keys["local"]
@@ -296,5 +296,5 @@ def test_a_replica_stopped_gracefully_hands_its_job_to_the_other(
             stopping = True
         final = event
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error.message
-    assert deliveries(stack, job.name) == {1: runner, 2: other(runner)}
+    assert attempts(stack, job.name) == {1: runner, 2: other(runner)}
     assert "handed back" in (stack.state_dir / "logs" / f"{runner}.log").read_text()

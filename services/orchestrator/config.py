@@ -59,8 +59,9 @@ class OrchestratorSettings(ServerSettings):
     # A worker that has not renewed its job's lease for this long is taken to be gone: the job
     # goes to another replica. Renewed every quarter of it.
     job_lease_seconds: float = 30.0
-    # A job whose worker died this many times (a template that crashes it, say) fails.
-    job_max_deliveries: int = 3
+    # A job started this many times whose worker died each time (a template that crashes it,
+    # say) fails at its next start.
+    job_max_attempts: int = 3
     # On SIGTERM, running jobs may finish for this long; the rest go back to the queue.
     job_finish_seconds: float = 20.0
     # Deadline for one model-service call (a whole frame stream included).

@@ -6,7 +6,7 @@ takes it: it takes the job's lease, marks the record running and runs the job's 
 runs, the worker renews its lease and marks the message in progress; if the worker dies or
 stalls, the message is delivered again after the lease's time and another replica runs the job
 from the start, reusing the work the job saved (see `JobContext.saved`). After
-`job_max_deliveries` deliveries the job fails with the reason.
+`job_max_attempts` starts whose worker died, the job fails with the reason.
 
 The record in S3 is the job's truth. Every write of a running job's record is a
 compare-and-set on the version the worker last wrote: a worker whose job was taken over (its
@@ -128,6 +128,7 @@ class _LiveJob:
     delivery: Delivery
     lease: Lease
     version: str  # of the record as this worker last wrote it
+    attempt: int  # how many times a worker started the job, this one included
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: bool = False  # another worker took the job over
     handing_back: bool = False  # this replica is shutting down: the job goes to another
@@ -240,9 +241,17 @@ class JobBoard:
     def _record_key(self, scope: str, job_id: str) -> str:
         return f"{scope}/jobs/{job_id}.json"
 
-    def _record(self, scope: str, job: jobs_pb2.Job, spec: dict[str, Any]) -> dict[str, Any]:
+    def _record(
+        self, scope: str, job: jobs_pb2.Job, spec: dict[str, Any], attempts: int = 0
+    ) -> dict[str, Any]:
+        """The stored record: the job, its inputs, and how many times a worker started it."""
         job.result.download_url = ""  # presigned URLs expire; made fresh on each read
-        return {"scope": scope, "job": json_format.MessageToDict(job), "spec": spec}
+        return {
+            "scope": scope,
+            "job": json_format.MessageToDict(job),
+            "spec": spec,
+            "attempts": attempts,
+        }
 
     def _read(self, scope: str, job_id: str) -> tuple[dict[str, Any], jobs_pb2.Job, str]:
         """The record, its job and its version."""
@@ -266,7 +275,7 @@ class JobBoard:
             version = self.store.replace_record(
                 self.settings.records_bucket,
                 self._record_key(live.scope, live.job_id),
-                self._record(live.scope, job, live.spec),
+                self._record(live.scope, job, live.spec, live.attempt),
                 live.version,
             )
             if version is None:
@@ -358,8 +367,8 @@ class JobBoard:
         key = self._record_key(scope, job_id)
         try:
             self.save_work(scope, job_id, work)
-            # The record comes first: a worker never sees a message without one (but for a
-            # Create call that died here, whose message is dropped, see ORPHAN_DELIVERIES).
+            # The record comes first, so a worker finds it; a message whose record is gone
+            # (deleted, or never written) is dropped (see ORPHAN_DELIVERIES).
             if (
                 self.store.replace_record(
                     self.settings.records_bucket, key, self._record(scope, job, spec), ""
@@ -421,7 +430,11 @@ class JobBoard:
     def _work_on(self, delivery: Delivery, work: JobWork) -> None:
         set_trace_id(delivery.job_id)  # this pool thread's current job
         try:
-            live = self._take(delivery)
+            if self._stopping.is_set():
+                delivery.nak()  # fetched as this replica began to stop: another takes it now
+                live = None
+            else:
+                live = self._take(delivery)
         except errors.RemindError as error:
             log.warning("job %s not taken now (%s); it comes back", delivery.job_id, error)
             self._quietly(delivery.nak, 1.0)
@@ -456,11 +469,17 @@ class JobBoard:
         if not isinstance(lease, Lease):
             delivery.nak(lease + 0.5)
             return None
-        live = _LiveJob(delivery.scope, job, record.get("spec", {}), delivery, lease, version)
-        if delivery.number > self.settings.job_max_deliveries:
+        # Starts are counted in the record, not deliveries: a delivery put back because the
+        # job was busy elsewhere or the store was away is not a failure.
+        attempt = record.get("attempts", 0) + 1
+        live = _LiveJob(
+            delivery.scope, job, record.get("spec", {}), delivery, lease, version, attempt - 1
+        )
+        if attempt > self.settings.job_max_attempts:
             self._end(live, self._failed(live, 13, self._too_many_deliveries(job)))
             return None
-        if delivery.number > 1:
+        live.attempt = attempt
+        if attempt > 1:
             JOB_REDELIVERIES.inc()
         try:
             self._update(live, lambda job: setattr(job, "state", jobs_pb2.JOB_STATE_RUNNING))
@@ -470,13 +489,13 @@ class JobBoard:
         with self._changed:
             self._live[live.job_id] = live
             JOBS_RUNNING_HERE.set(len(self._live))
-        log.info("job %s running here (delivery %d)", job.name, delivery.number)
+        log.info("job %s running here (attempt %d)", job.name, attempt)
         if self.queue.cancel_requested(live.job_id):
             live.cancel.set()
         return live
 
     def _too_many_deliveries(self, job: jobs_pb2.Job) -> str:
-        tries = self.settings.job_max_deliveries
+        tries = self.settings.job_max_attempts
         stage = jobs_pb2.JobStage.Name(job.progress.stage).removeprefix("JOB_STAGE_").lower()
         where = stage.replace("_", " ")
         if job.progress.frames_total:
@@ -667,7 +686,7 @@ class JobBoard:
             written = self.store.replace_record(
                 self.settings.records_bucket,
                 self._record_key(scope, job_id),
-                self._record(scope, job, record.get("spec", {})),
+                self._record(scope, job, record.get("spec", {}), record.get("attempts", 0)),
                 version,
             )
             if written is not None:
