@@ -65,7 +65,7 @@ def test_a_full_queue_refuses_with_a_retry_hint_and_cancelling_frees_a_place(
     video = client.list_templates(templates_pb2.TEMPLATE_KIND_VIDEO)[0].name
     voice = client.upload(mixes.wav_bytes(mixes.make_mix("en-us", 4.0).mixture), "v.wav").name
     accepted, refused = [], None
-    for _ in range(40):  # more than the 32 jobs the orchestrator keeps pending
+    for _ in range(40):  # more than the 32 jobs a tenant may have queued or running
         try:
             accepted.append(client.create_video_job(face, voice, video))
         except grpc.RpcError as error:

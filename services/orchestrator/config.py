@@ -54,8 +54,8 @@ class OrchestratorSettings(ServerSettings):
     # Jobs one replica runs at once; it takes no more from the queue than that.
     job_workers: int = 2
     # Jobs queued or running in all replicas, and per tenant; more are refused (RESOURCE_EXHAUSTED).
-    max_queued_jobs: int = 64
-    max_jobs_per_tenant: int = 16
+    max_queued_jobs: int = 128
+    max_jobs_per_tenant: int = 32
     # A worker that has not renewed its job's lease for this long is taken to be gone: the job
     # goes to another replica. Renewed every quarter of it.
     job_lease_seconds: float = 30.0

@@ -393,9 +393,9 @@ class JobQueue:
         return changes, end
 
     def close(self) -> None:
+        """Closes the connection (what this replica published was acknowledged already)."""
         if self._connection is not None:
             try:
-                self.call(self._connection.drain(), timeout=CALL_SECONDS * 2)
+                self.call(self._connection.close())
             except (errors.Unavailable, nats.errors.Error):
                 pass
-        self._loop.call_soon_threadsafe(self._loop.stop)

@@ -41,7 +41,7 @@ def check_object_name(bucket: str, key: str) -> None:
     if not bucket or not key:
         raise InvalidInput("The source object needs both a bucket and a key.")
     try:
-        check_bucket_name(bucket)
+        check_bucket_name(bucket, strict=True)  # as S3 names them: no ":" or "_"
     except ValueError:
         raise InvalidInput(f"{shown(bucket)} is not a valid S3 bucket name.") from None
     try:
