@@ -242,17 +242,26 @@ def test_forty_jobs_over_two_replicas_are_watched_and_cancelled_from_either(
     stack: LocalStack, replicas: dict[str, RemindClient], face: str, tmp_path
 ):
     first, second = replicas["orchestrator"], replicas["orchestrator-2"]
-    template = long_gif_template(first, tmp_path, "failover-short", frames=24)
-    jobs = [first.create_gif_job(face, template) for _ in range(40)]
+    long = long_gif_template(first, tmp_path, "failover-long")
+    short = long_gif_template(first, tmp_path, "failover-short", frames=24)
+    jobs = [first.create_gif_job(face, long)]
+    jobs += [first.create_gif_job(face, short) for _ in range(39)]
     cancelled = {job.name for job in jobs[-5:]}
-    for name in cancelled:
-        second.jobs.CancelJob(jobs_pb2.CancelJobRequest(name=name))
-    # A job running on the first replica, watched live from the second to its end.
-    watched = next(job for job in jobs[:4] if running_on(stack, job.name) == "orchestrator")
-    events = list(second.watch(watched.name))
-    assert events[-1].state == jobs_pb2.JOB_STATE_SUCCEEDED
-    assert any(event.progress.frames_done for event in events[1:-1]), "no live progress"
-    finals = {job.name: wait_ended(second, job.name) for job in jobs}
+    try:
+        for name in cancelled:
+            second.jobs.CancelJob(jobs_pb2.CancelJobRequest(name=name))
+        # The long job, watched live from the replica that does not run it, to its end.
+        watcher = replicas[other(running_on(stack, jobs[0].name))]
+        events = list(watcher.watch(jobs[0].name))
+        assert events[-1].state == jobs_pb2.JOB_STATE_SUCCEEDED
+        assert len({event.progress.frames_done for event in events}) > 10, "no live progress"
+        finals = {job.name: wait_ended(second, job.name) for job in jobs}
+    finally:
+        for job in jobs:  # a failed check leaves no work behind for the next test
+            try:
+                first.jobs.CancelJob(jobs_pb2.CancelJobRequest(name=job.name))
+            except grpc.RpcError:
+                pass  # ended
     for name, job in finals.items():
         expected = (
             jobs_pb2.JOB_STATE_CANCELLED if name in cancelled else jobs_pb2.JOB_STATE_SUCCEEDED

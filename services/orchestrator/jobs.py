@@ -261,7 +261,11 @@ class JobBoard:
             )
         except errors.NotFound:
             raise errors.NotFound(f"Job jobs/{job_id} does not exist.") from None
-        return record, json_format.ParseDict(record["job"], jobs_pb2.Job()), version
+        return (
+            record,
+            json_format.ParseDict(record["job"], jobs_pb2.Job(), ignore_unknown_fields=True),
+            version,
+        )
 
     def _persist(self, live: _LiveJob, progress_only: bool = False) -> None:
         """Writes the job's record as the job is now, if no other worker wrote it since this
