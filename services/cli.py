@@ -11,7 +11,7 @@ import typer
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import template_service_pb2 as templates_pb2
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.client import RemindClient
@@ -114,24 +114,65 @@ def follow_job(client: RemindClient, created: jobs_pb2.Job, output: Path) -> Pat
     return output
 
 
-def run_gif(client: RemindClient, face: Path, template: str, output: Path, engine: str) -> Path:
+def run_gif(
+    client: RemindClient,
+    face: Path,
+    template: str,
+    output: Path,
+    engine: str,
+    consent: bool = False,
+) -> Path:
     """Uploads the photo, runs a GIF job with a progress bar and downloads the result."""
     face_media = client.upload_file(face)
-    return follow_job(client, client.create_gif_job(face_media.name, template, engine), output)
+    created = client.create_gif_job(face_media.name, template, engine, consent)
+    return follow_job(client, created, output)
 
 
 def run_video(
-    client: RemindClient, face: Path, voice: Path, template: str, output: Path, engine: str
+    client: RemindClient,
+    face: Path,
+    voice: Path,
+    template: str,
+    output: Path,
+    engine: str,
+    consent: bool = False,
 ) -> Path:
     """Uploads the photo and the recording, runs a video job and downloads the MP4."""
     face_media = client.upload_file(face)
     voice_media = client.upload_file(voice)
-    created = client.create_video_job(face_media.name, voice_media.name, template, engine)
+    created = client.create_video_job(face_media.name, voice_media.name, template, engine, consent)
     return follow_job(client, created, output)
+
+
+def add_template(
+    client: RemindClient, path: Path, template_id: str, display_name: str
+) -> templates_pb2.Template:
+    """Uploads a GIF or MP4 with a progress bar, then makes it a template, which the server
+    checks first. The upload is deleted either way: the template keeps its own copy."""
+    data = path.read_bytes()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        sending = progress.add_task("uploading", total=len(data))
+        upload = client.upload(
+            data, path.name, progress=lambda sent: progress.update(sending, completed=sent)
+        )
+        progress.add_task("checking the template", total=None)
+        try:
+            return client.create_template(upload.name, template_id, display_name)
+        finally:
+            client.delete_media(upload.name)
 
 
 def _template_name(template: str) -> str:
     return template if "/" in template else f"templates/{template}"
+
+
+CONSENT_HELP = "Confirm: this is my face (and voice), or I have the person's consent"
 
 
 @app.command()
@@ -140,10 +181,11 @@ def gif(
     template: Annotated[str, typer.Option(help="GIF template name")] = "astronaut-sway",
     output: Annotated[Path, typer.Option("-o", "--output")] = Path("out/result.gif"),
     engine: Annotated[str, typer.Option(help="Faceswap engine")] = "auto",
+    consent: Annotated[bool, typer.Option(help=CONSENT_HELP)] = False,
 ) -> None:
     """Swap the face in FACE into a GIF template."""
     with _api() as client:
-        path = run_gif(client, face, _template_name(template), output, engine)
+        path = run_gif(client, face, _template_name(template), output, engine, consent)
     print(path.resolve())
 
 
@@ -154,10 +196,11 @@ def video(
     template: Annotated[str, typer.Option(help="Video template name")] = "astronaut-talk",
     output: Annotated[Path, typer.Option("-o", "--output")] = Path("out/result.mp4"),
     engine: Annotated[str, typer.Option(help="Faceswap and lipsync engine")] = "auto",
+    consent: Annotated[bool, typer.Option(help=CONSENT_HELP)] = False,
 ) -> None:
     """Put the face in FACE into a video template, speaking with the voice in VOICE."""
     with _api() as client:
-        path = run_video(client, face, voice, _template_name(template), output, engine)
+        path = run_video(client, face, voice, _template_name(template), output, engine, consent)
     print(path.resolve())
 
 
@@ -207,9 +250,15 @@ def token(
     print(stack.token(user, minutes * 60))
 
 
-@app.command()
-def templates() -> None:
-    """List the templates."""
+templates_app = typer.Typer(help="List the templates; add or remove your own.")
+app.add_typer(templates_app, name="templates")
+
+
+@templates_app.callback(invoke_without_command=True)
+def templates(context: typer.Context) -> None:
+    """List the templates; `add` and `remove` change your own."""
+    if context.invoked_subcommand is not None:
+        return
     with _api() as client:
         items = client.list_templates()
     table = Table("name", "display name", "size", "seconds", "frames", "built in")
@@ -223,6 +272,35 @@ def templates() -> None:
             "yes" if item.builtin else "",
         )
     Console().print(table)
+
+
+@templates_app.command("add")
+def templates_add(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="A GIF or MP4 showing a face")
+    ],
+    template_id: Annotated[str, typer.Option("--id", help="Lower-case letters, digits and dashes")],
+    name: Annotated[str, typer.Option(help="Display name (default: the id)")] = "",
+) -> None:
+    """Upload FILE and make it a template: GIFs last 1-6 s, MP4s up to 60 s, at most 1080p."""
+    with _api() as client:
+        template = add_template(client, file, template_id, name)
+    console.print(
+        f"{template.name}: {template.width}x{template.height}, "
+        f"{template.duration_seconds:.1f} s, {template.frame_count} frames"
+    )
+    print(template.name)
+
+
+@templates_app.command("remove")
+def templates_remove(
+    name: Annotated[str, typer.Argument(help="The template, e.g. my-dance or templates/my-dance")],
+) -> None:
+    """Remove one of your templates (built-in ones stay)."""
+    template = _template_name(name)
+    with _api() as client:
+        client.delete_template(template)
+    console.print(f"{template} removed")
 
 
 @app.command()

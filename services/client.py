@@ -2,7 +2,7 @@
 
 import collections
 import mimetypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -83,8 +83,14 @@ class RemindClient:
     def __exit__(self, *_: object) -> None:
         self.channel.close()
 
-    def upload(self, data: bytes, filename: str, content_type: str = "") -> media_pb2.Media:
-        """Uploads through the client stream."""
+    def upload(
+        self,
+        data: bytes,
+        filename: str,
+        content_type: str = "",
+        progress: Callable[[int], None] | None = None,
+    ) -> media_pb2.Media:
+        """Uploads through the client stream; `progress` is told the bytes sent so far."""
         content_type = content_type or mimetypes.guess_type(filename)[0] or ""
 
         def requests() -> Iterator[media_pb2.UploadMediaRequest]:
@@ -92,23 +98,33 @@ class RemindClient:
                 metadata=media_pb2.UploadMediaMetadata(content_type=content_type, filename=filename)
             )
             for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
-                yield media_pb2.UploadMediaRequest(chunk=data[start : start + UPLOAD_CHUNK_BYTES])
+                chunk = data[start : start + UPLOAD_CHUNK_BYTES]
+                yield media_pb2.UploadMediaRequest(chunk=chunk)
+                if progress:
+                    progress(start + len(chunk))
 
         return self.media.UploadMedia(requests(), timeout=120).media
 
     def upload_file(self, path: Path) -> media_pb2.Media:
         return self.upload(path.read_bytes(), path.name)
 
-    def create_gif_job(self, face_media: str, template: str, engine: str = "") -> jobs_pb2.Job:
+    def create_gif_job(
+        self, face_media: str, template: str, engine: str = "", consent: bool = False
+    ) -> jobs_pb2.Job:
         return self.jobs.CreateGifJob(
             jobs_pb2.CreateGifJobRequest(
-                face_media=face_media, template=template, faceswap_engine=engine
+                face_media=face_media, template=template, faceswap_engine=engine, consent=consent
             ),
             timeout=120,
         ).job
 
     def create_video_job(
-        self, face_media: str, voice_media: str, template: str, engine: str = ""
+        self,
+        face_media: str,
+        voice_media: str,
+        template: str,
+        engine: str = "",
+        consent: bool = False,
     ) -> jobs_pb2.Job:
         return self.jobs.CreateVideoJob(
             jobs_pb2.CreateVideoJobRequest(
@@ -117,6 +133,7 @@ class RemindClient:
                 template=template,
                 faceswap_engine=engine,
                 lipsync_engine=engine if engine != "auto" else "",
+                consent=consent,
             ),
             timeout=120,
         ).job
@@ -151,6 +168,20 @@ class RemindClient:
                 templates_pb2.ListTemplatesRequest(kind=kind), timeout=30
             ).templates
         )
+
+    def create_template(
+        self, media: str, template_id: str, display_name: str = ""
+    ) -> templates_pb2.Template:
+        request = templates_pb2.CreateTemplateRequest(
+            media=media, template_id=template_id, display_name=display_name
+        )
+        return self.templates.CreateTemplate(request, timeout=300).template
+
+    def delete_template(self, name: str) -> None:
+        self.templates.DeleteTemplate(templates_pb2.DeleteTemplateRequest(name=name), timeout=30)
+
+    def delete_media(self, name: str) -> None:
+        self.media.DeleteMedia(media_pb2.DeleteMediaRequest(name=name), timeout=30)
 
     def list_jobs(self, page_size: int = 20) -> list[jobs_pb2.Job]:
         return list(

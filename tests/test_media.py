@@ -102,7 +102,7 @@ def test_empty_photo_is_invalid_input() -> None:
 
 def test_random_bytes_are_not_a_photo() -> None:
     noise = np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    with pytest.raises(InvalidInput, match="not a JPEG, PNG, GIF or WebP"):
+    with pytest.raises(InvalidInput, match="not a JPEG, PNG, HEIC, AVIF, GIF or WebP"):
         images.decode_image(noise, max_pixels=10**6)
 
 

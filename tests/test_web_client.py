@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
+from services.client import RemindClient
 from services.shared import images
 from services.stack import LocalStack, StackInfo
 
@@ -45,6 +46,7 @@ def test_web_client_makes_a_gif_over_grpc_web(
     assert page.text_content("#account") == "Signed in as web-user."
     page.wait_for_function("document.querySelectorAll('#template option').length >= 3")
     page.set_input_files("#photo", str(photo))
+    page.check("#consent")
     page.click("#start")
 
     # Progress arrives live from the WatchJob server stream, through Envoy.
@@ -56,6 +58,8 @@ def test_web_client_makes_a_gif_over_grpc_web(
     assert page.eval_on_selector("#result", "img => img.naturalWidth") == 320
     assert page.eval_on_selector("#progress", "bar => bar.value") == 1
     page.screenshot(path=str(tmp_path / "web-client.png"))
+    with RemindClient(stack_info.orchestrator_address, token=stack.token("web-user")) as person:
+        assert person.list_jobs(1)[0].consent, "the job keeps the consent ticked on the page"
 
 
 def test_web_client_shows_an_expired_token_as_unauthenticated(

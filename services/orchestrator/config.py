@@ -24,6 +24,9 @@ class OrchestratorSettings(ServerSettings):
     # Open streaming calls of one tenant (every caller without one, e.g. health Watch, counts
     # as one tenant), on top of the caps of every server (see ServerSettings).
     max_streams_per_tenant: int = 500
+    # Job requests carry the caller's `consent` ("this is my face and voice, or I have the
+    # person's consent"), always kept in the job. True: a job without it is refused.
+    require_consent: bool = False
     max_upload_bytes: int = 50 * 1024 * 1024
     max_chunk_bytes: int = 1024 * 1024
     gif_template_min_seconds: float = 1.0

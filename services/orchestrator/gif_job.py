@@ -29,6 +29,7 @@ class GifJob:
 
     def admit(self, owner: Owner, request: jobs_pb2.CreateGifJobRequest) -> AdmittedJob:
         services = self.services
+        services.check_consent(request.consent)
         wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
         wire.require(bool(request.template), "template is required, e.g. templates/astronaut-sway.")
         template = services.templates.get(owner, request.template, kind=GIF)
@@ -36,7 +37,10 @@ class GifJob:
             owner.scope, request.face_media, request.faceswap_engine
         )
         job = jobs_pb2.Job(
-            kind=jobs_pb2.JOB_KIND_GIF, face_media=request.face_media, template=template.name
+            kind=jobs_pb2.JOB_KIND_GIF,
+            face_media=request.face_media,
+            template=template.name,
+            consent=request.consent,
         )
         spec = {"template": asdict(template)}
         return AdmittedJob(job, spec, {IDENTITY: identity.SerializeToString()})

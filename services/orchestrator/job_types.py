@@ -36,6 +36,14 @@ class JobServices:
     signer: ContentSigner
     settings: OrchestratorSettings
 
+    def check_consent(self, consent: bool) -> None:
+        """Refuses a job without the caller's consent, when the settings require it."""
+        if self.settings.require_consent and not consent:
+            raise errors.FailedPrecondition(
+                "Consent is required: set consent to confirm that the face (and the voice) are "
+                "your own, or that you have the person's consent to use them."
+            )
+
     def prepare_identity(
         self, scope: str, face_media: str, engine: str
     ) -> faceswap_pb2.FaceIdentity:

@@ -38,6 +38,7 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 CONTENT_TYPES = frozenset(
     {
         "image/png", "image/jpeg", "image/webp", "image/gif",
+        "image/heic", "image/heif", "image/avif",
         "video/mp4", "video/quicktime", "video/webm",
         "audio/wav", "audio/x-wav", "audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg",
         "audio/webm", "audio/flac",

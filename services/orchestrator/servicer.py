@@ -165,6 +165,12 @@ class TemplateServicer(templates_grpc.TemplateServiceServicer):
         )
         return templates_pb2.CreateTemplateResponse(template=template_to_proto(record))
 
+    def DeleteTemplate(
+        self, request: templates_pb2.DeleteTemplateRequest, context: grpc.ServicerContext
+    ) -> templates_pb2.DeleteTemplateResponse:
+        self.templates.delete(current_owner(), request.name)
+        return templates_pb2.DeleteTemplateResponse()
+
 
 class MediaServicer(media_grpc.MediaServiceServicer):
     def __init__(

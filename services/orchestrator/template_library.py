@@ -3,7 +3,8 @@
 Layout: templates bucket `builtin/{id}.gif` and `{scope}/{id}.{ext}`;
 records bucket `builtin/templates/{id}.json` and `{scope}/templates/{id}.json`, where the scope
 is the owner's (a tenant, or a person of it). A person sees their own templates, their
-tenant's and the built-in ones; a tenant its own and the built-in ones.
+tenant's and the built-in ones; a tenant its own and the built-in ones. Each removes only its
+own; the built-in ones are never removed.
 """
 
 import hashlib
@@ -70,6 +71,10 @@ def _visible_scopes(owner: Owner) -> list[str]:
     return [owner.scope, *tenant_wide, BUILTIN]
 
 
+def _record_key(scope: str, template_id: str) -> str:
+    return f"{scope}/templates/{template_id}.json"
+
+
 def template_id_of(name: str) -> str:
     template_id = name[len(TEMPLATE_PREFIX) :] if name.startswith(TEMPLATE_PREFIX) else ""
     if not _TEMPLATE_ID.match(template_id):
@@ -107,7 +112,7 @@ class TemplateLibrary:
         template: builtin_templates.BuiltinTemplate,
         render: Callable[[str, Path], None],
     ) -> None:
-        record_key = f"{BUILTIN}/templates/{template.template_id}.json"
+        record_key = _record_key(BUILTIN, template.template_id)
         if self.store.exists(self.settings.records_bucket, record_key):
             return
         extension, content_type = EXTENSIONS[kind]
@@ -142,7 +147,7 @@ class TemplateLibrary:
         `kind`."""
         template_id = template_id_of(name)
         for scope in _visible_scopes(owner):
-            key = f"{scope}/templates/{template_id}.json"
+            key = _record_key(scope, template_id)
             if self.store.exists(self.settings.records_bucket, key):
                 record = TemplateRecord(**self.store.get_record(self.settings.records_bucket, key))
                 if kind is not None and record.kind != kind:
@@ -154,7 +159,13 @@ class TemplateLibrary:
         """The template's file in `directory`, probed, for a job to read."""
         extension, _ = EXTENSIONS[template.kind]
         path = directory / f"template{extension}"
-        self.store.download(template.bucket, template.key, path)
+        try:
+            self.store.download(template.bucket, template.key, path)
+        except errors.NotFound:
+            raise errors.NotFound(
+                f"Template {template.name} was removed after this job was created; create the "
+                "job again with another template."
+            ) from None
         return LocalTemplate(template, path, video.probe(path, self.settings.max_template_frames))
 
     def create(
@@ -181,11 +192,27 @@ class TemplateLibrary:
             template_id, display_name or template_id, kind, key, info, builtin=False
         )
         self.store.put_record(
-            self.settings.records_bucket,
-            f"{owner.scope}/templates/{template_id}.json",
-            asdict(record),
+            self.settings.records_bucket, _record_key(owner.scope, template_id), asdict(record)
         )
         return record
+
+    def delete(self, owner: Owner, name: str) -> None:
+        """Removes one of the owner's own templates: its file, then its record, so a removal
+        cut short is finished by asking again. Built-in ones stay; so do a tenant's when a
+        person of it asks."""
+        record = self.get(owner, name)
+        if record.builtin:
+            raise errors.FailedPrecondition(
+                f"{name} is a built-in template: built-in templates cannot be removed."
+            )
+        record_key = _record_key(owner.scope, template_id_of(name))
+        if not self.store.exists(self.settings.records_bucket, record_key):
+            raise errors.PermissionDenied(
+                f"{name} is shared by your tenant: only the tenant, with its API key, can "
+                "remove it."
+            )
+        self.store.delete(record.bucket, record.key)
+        self.store.delete(self.settings.records_bucket, record_key)
 
     def _check_template(self, info: video.MediaInfo) -> str:
         if not info.has_video or info.frame_count < 1:

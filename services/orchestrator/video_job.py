@@ -45,6 +45,7 @@ class VideoJob:
 
     def admit(self, owner: Owner, request: jobs_pb2.CreateVideoJobRequest) -> AdmittedJob:
         services = self.services
+        services.check_consent(request.consent)
         wire.require(bool(request.face_media), "face_media is required: upload the photo first.")
         wire.require(bool(request.voice_media), "voice_media is required: upload a recording.")
         wire.require(bool(request.template), "template is required, e.g. templates/astronaut-talk.")
@@ -62,6 +63,7 @@ class VideoJob:
             face_media=request.face_media,
             voice_media=request.voice_media,
             template=template.name,
+            consent=request.consent,
         )
         spec = {
             "template": asdict(template),

@@ -102,7 +102,10 @@ async function start() {
     const faceMedia = await uploadPhoto(file);
     const { jobs } = clients();
     const template = element<HTMLSelectElement>("template").value;
-    const { response } = await jobs.createGifJob({ faceMedia, template, faceswapEngine: "" });
+    const consent = element<HTMLInputElement>("consent").checked;
+    const { response } = await jobs.createGifJob({
+      faceMedia, template, faceswapEngine: "", consent,
+    });
     const watch = jobs.watchJob({ name: response.job!.name });
     for await (const { job } of watch.responses) {
       if (!job) continue;
