@@ -9,7 +9,7 @@ APT_PACKAGES := ffmpeg espeak-ng
 # Only the tests need a browser (the web client's end-to-end test).
 APT_TEST_PACKAGES := chromium
 WEB := web/dist/app.js
-WEB_PROTOS := protos/remind/v1/job_service.proto protos/remind/v1/media_service.proto protos/remind/v1/template_service.proto protos/remind/v1/account_service.proto
+WEB_PROTOS := protos/remind/v1/media.proto protos/remind/v1/job_service.proto protos/remind/v1/media_service.proto protos/remind/v1/template_service.proto protos/remind/v1/account_service.proto
 
 .PHONY: setup run test up down bench lint proto web clean system-packages test-packages fetch-weights
 

@@ -10,6 +10,7 @@ from remind.v1 import account_service_pb2 as account_pb2
 from remind.v1 import account_service_pb2_grpc as account_grpc
 from remind.v1 import job_service_pb2 as jobs_pb2
 from remind.v1 import job_service_pb2_grpc as jobs_grpc
+from remind.v1 import media_pb2 as shared_media_pb2
 from remind.v1 import media_service_pb2 as media_pb2
 from remind.v1 import media_service_pb2_grpc as media_grpc
 from remind.v1 import template_service_pb2 as templates_pb2
@@ -109,11 +110,20 @@ class RemindClient:
         return self.upload(path.read_bytes(), path.name)
 
     def create_gif_job(
-        self, face_media: str, template: str, engine: str = "", consent: bool = False
+        self,
+        face_media: str,
+        template: str,
+        engine: str = "",
+        face_choice: shared_media_pb2.FaceChoice | None = None,
+        consent: bool = False,
     ) -> jobs_pb2.Job:
         return self.jobs.CreateGifJob(
             jobs_pb2.CreateGifJobRequest(
-                face_media=face_media, template=template, faceswap_engine=engine, consent=consent
+                face_media=face_media,
+                template=template,
+                faceswap_engine=engine,
+                face_choice=face_choice,
+                consent=consent,
             ),
             timeout=120,
         ).job
@@ -124,6 +134,7 @@ class RemindClient:
         voice_media: str,
         template: str,
         engine: str = "",
+        face_choice: shared_media_pb2.FaceChoice | None = None,
         consent: bool = False,
     ) -> jobs_pb2.Job:
         return self.jobs.CreateVideoJob(
@@ -133,10 +144,17 @@ class RemindClient:
                 template=template,
                 faceswap_engine=engine,
                 lipsync_engine=engine if engine != "auto" else "",
+                face_choice=face_choice,
                 consent=consent,
             ),
             timeout=120,
         ).job
+
+    def detect_faces(
+        self, media_name: str, engine: str = ""
+    ) -> list[shared_media_pb2.DetectedFace]:
+        request = media_pb2.DetectFacesRequest(name=media_name, faceswap_engine=engine)
+        return list(self.media.DetectFaces(request, timeout=60).faces)
 
     def watch(self, job_name: str, timeout: float = 1800) -> Iterator[jobs_pb2.Job]:
         for response in self.jobs.WatchJob(

@@ -3,11 +3,15 @@
 import random
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
+from remind.v1 import faceswap_pb2_grpc
 from skimage import data
 
 from services.client import RemindClient
+from services.faceswap import server as faceswap_server
+from services.faceswap.config import FaceSwapSettings
 from services.samples import sample_face_photo
 from services.shared import images
 from services.shared.settings import S3Settings
@@ -68,6 +72,20 @@ def store(stack_info: StackInfo) -> ObjectStore:
             secret_key=stack_info.secret_key,
         )
     )
+
+
+@pytest.fixture(scope="module")
+def faceswap_stub(tmp_path_factory) -> Iterator[faceswap_pb2_grpc.FaceSwapServiceStub]:
+    """The faceswap server as `python -m services.faceswap.server` starts it (the registry's
+    engine_factories through start_model_server), on a free loopback port, with an empty models
+    folder: SimSwap cannot load there, so the embedded engine must serve."""
+    models = tmp_path_factory.mktemp("no-models")
+    running = faceswap_server.start(FaceSwapSettings(port=0, models_dir=str(models)))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield faceswap_pb2_grpc.FaceSwapServiceStub(channel)
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="session")

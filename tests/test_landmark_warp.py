@@ -4,7 +4,6 @@ uses it."""
 import importlib.util
 import io
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,10 +11,9 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from remind.v1 import faceswap_pb2, faceswap_pb2_grpc, media_pb2
+from remind.v1 import faceswap_pb2, media_pb2
 from skimage import data
 
-from services.faceswap import server as faceswap_server
 from services.faceswap.config import FaceSwapSettings
 from services.faceswap.engines.base import FaceIdentity
 from services.faceswap.engines.landmark_warp import (
@@ -304,20 +302,6 @@ def test_one_frame_swaps_in_well_under_100_ms(engine, identity):
     median_ms = 1000 * float(np.median(timings))
     print(f"one {TEMPLATE_SIDE} px frame: {median_ms:.1f} ms (median of 5)")
     assert median_ms < 100
-
-
-@pytest.fixture(scope="module")
-def faceswap_stub(tmp_path_factory) -> Iterator[faceswap_pb2_grpc.FaceSwapServiceStub]:
-    """The faceswap server as `python -m services.faceswap.server` starts it (the registry's
-    engine_factories through start_model_server), on a free loopback port, with an empty models
-    folder: SimSwap cannot load there, so the embedded engine must serve."""
-    models = tmp_path_factory.mktemp("no-models")
-    running = faceswap_server.start(FaceSwapSettings(port=0, models_dir=str(models)))
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield faceswap_pb2_grpc.FaceSwapServiceStub(channel)
-    finally:
-        running.stop()
 
 
 def _served_identity(stub, engine: str) -> faceswap_pb2.FaceIdentity:  # type: ignore[no-untyped-def]

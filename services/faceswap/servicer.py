@@ -46,8 +46,17 @@ class FaceSwapServicer(faceswap_pb2_grpc.FaceSwapServiceServicer):
     ) -> faceswap_pb2.PrepareIdentityResponse:
         engine = self.engines.resolve(request.engine)
         photo = images.decode_image(request.photo.data, self.settings.max_photo_pixels)
-        identity = engine.prepare_identity(photo)
+        choice = wire.face_choice_from_proto(request.face_choice)
+        identity = engine.prepare_identity(photo, choice)
         return faceswap_pb2.PrepareIdentityResponse(identity=identity_to_proto(identity))
+
+    def FindFaces(
+        self, request: faceswap_pb2.FindFacesRequest, context: grpc.ServicerContext
+    ) -> faceswap_pb2.FindFacesResponse:
+        engine = self.engines.resolve(request.engine)
+        photo = images.decode_image(request.photo.data, self.settings.max_photo_pixels)
+        faces = wire.faces_to_proto(engine.find_faces(photo))
+        return faceswap_pb2.FindFacesResponse(faces=faces, engine=engine.name)
 
     def SwapFaces(
         self,

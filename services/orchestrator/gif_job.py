@@ -34,7 +34,7 @@ class GifJob:
         wire.require(bool(request.template), "template is required, e.g. templates/astronaut-sway.")
         template = services.templates.get(owner, request.template, kind=GIF)
         identity = services.prepare_identity(
-            owner.scope, request.face_media, request.faceswap_engine
+            owner.scope, request.face_media, request.faceswap_engine, request.face_choice
         )
         job = jobs_pb2.Job(
             kind=jobs_pb2.JOB_KIND_GIF,

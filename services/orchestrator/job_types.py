@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from remind.v1 import faceswap_pb2
+from remind.v1 import faceswap_pb2, media_pb2
 from remind.v1 import job_service_pb2 as jobs_pb2
 
 from services.orchestrator.auth import Owner
@@ -45,13 +45,24 @@ class JobServices:
             )
 
     def prepare_identity(
-        self, scope: str, face_media: str, engine: str
+        self, scope: str, face_media: str, engine: str, face_choice: media_pb2.FaceChoice
     ) -> faceswap_pb2.FaceIdentity:
-        """The face in an uploaded photo, ready for the faceswap streams; refuses a photo
-        without a usable face (FAILED_PRECONDITION) before any work is queued."""
+        """The named face of an uploaded photo, else its main face, ready for the faceswap
+        streams; refuses a photo without a usable face or with no clear main face
+        (FAILED_PRECONDITION), or a choice that matches no face (INVALID_ARGUMENT), before any
+        work is queued."""
+        return self.faceswap.prepare_identity(self._photo(scope, face_media), engine, face_choice)
+
+    def detect_faces(
+        self, scope: str, face_media: str, engine: str
+    ) -> list[media_pb2.DetectedFace]:
+        """The faces of an uploaded photo as the engine finds them, numbered as a job's
+        face_choice.index names them."""
+        return self.faceswap.find_faces(self._photo(scope, face_media), engine)
+
+    def _photo(self, scope: str, face_media: str) -> bytes:
         record = self.media.get(scope, face_media)
-        photo = self.media.read_bytes(record, self.settings.max_upload_bytes)
-        return self.faceswap.prepare_identity(photo, engine)
+        return self.media.read_bytes(record, self.settings.max_upload_bytes)
 
 
 # The identity admission prepared, as the job saves it.

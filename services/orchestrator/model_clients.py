@@ -136,11 +136,20 @@ class FaceSwapClient(ModelClient):
     list_engines_rpc = "ListFaceSwapEngines"
     list_engines_request = faceswap_pb2.ListFaceSwapEnginesRequest
 
-    def prepare_identity(self, photo: bytes, engine: str) -> faceswap_pb2.FaceIdentity:
+    def prepare_identity(
+        self, photo: bytes, engine: str, face_choice: media_pb2.FaceChoice | None = None
+    ) -> faceswap_pb2.FaceIdentity:
         request = faceswap_pb2.PrepareIdentityRequest(
-            photo=media_pb2.EncodedImage(data=photo), engine=engine
+            photo=media_pb2.EncodedImage(data=photo), engine=engine, face_choice=face_choice
         )
         return self._unary("PrepareIdentity", lambda: request, retry=ADMISSION_RETRY).identity
+
+    def find_faces(self, photo: bytes, engine: str) -> list[media_pb2.DetectedFace]:
+        """The faces the engine finds in a photo, left to right, as FaceChoice.index counts."""
+        request = faceswap_pb2.FindFacesRequest(
+            photo=media_pb2.EncodedImage(data=photo), engine=engine
+        )
+        return list(self._unary("FindFaces", lambda: request, retry=ADMISSION_RETRY).faces)
 
     def swap_faces(
         self, identity: faceswap_pb2.FaceIdentity, frames: Iterator[media_pb2.Frame]

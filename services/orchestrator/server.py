@@ -66,6 +66,7 @@ ACCOUNT_SERVICE = GrpcService.of(account_grpc, account_pb2, "AccountService")
 SLOW_METHODS = (
     f"/{MEDIA_SERVICE.full_name}/VerifyMedia",
     f"/{MEDIA_SERVICE.full_name}/FinishUpload",
+    f"/{MEDIA_SERVICE.full_name}/DetectFaces",
     f"/{TEMPLATE_SERVICE.full_name}/CreateTemplate",
 )
 
@@ -118,7 +119,7 @@ def start(settings: OrchestratorSettings, s3: S3Settings) -> RunningServer:
     servicers = [
         (JobServicer(board, media_library, job_types, erasure), JOB_SERVICE),
         (TemplateServicer(templates), TEMPLATE_SERVICE),
-        (MediaServicer(media_library, settings, anchors, erasure), MEDIA_SERVICE),
+        (MediaServicer(media_library, settings, anchors, erasure, services), MEDIA_SERVICE),
         (AccountServicer(erasure), ACCOUNT_SERVICE),
     ]
     keys = ApiKeys.from_file(Path(settings.api_keys_file)) if settings.api_keys_file else None

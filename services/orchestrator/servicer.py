@@ -20,7 +20,7 @@ from remind.v1 import template_service_pb2_grpc as templates_grpc
 from services.orchestrator.auth import current_owner
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.erasure import Erasure
-from services.orchestrator.job_types import JobType
+from services.orchestrator.job_types import JobServices, JobType
 from services.orchestrator.jobs import JobBoard
 from services.orchestrator.media_library import MediaLibrary, MediaRecord
 from services.orchestrator.template_library import GIF, VIDEO, TemplateLibrary, TemplateRecord
@@ -179,11 +179,13 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         settings: OrchestratorSettings,
         trust_anchors: str,
         erasure: Erasure,
+        job_services: JobServices,
     ) -> None:
         self.media_library = media_library
         self.settings = settings
         self.trust_anchors = trust_anchors
         self.erasure = erasure
+        self.job_services = job_services
 
     def DeleteMedia(
         self, request: media_pb2.DeleteMediaRequest, context: grpc.ServicerContext
@@ -274,6 +276,14 @@ class MediaServicer(media_grpc.MediaServiceServicer):
             self.media_library.download(record, path)
             verdict = verify_media(path, self.trust_anchors)
         return verdict_to_proto(verdict)
+
+    def DetectFaces(
+        self, request: media_pb2.DetectFacesRequest, context: grpc.ServicerContext
+    ) -> media_pb2.DetectFacesResponse:
+        faces = self.job_services.detect_faces(
+            current_owner().scope, request.name, request.faceswap_engine
+        )
+        return media_pb2.DetectFacesResponse(faces=faces)
 
 
 class AccountServicer(account_grpc.AccountServiceServicer):

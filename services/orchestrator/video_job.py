@@ -56,7 +56,7 @@ class VideoJob:
         services.lipsync.check_engine(request.lipsync_engine)
         services.voice.probe_audio(voice.storage_object())
         identity = services.prepare_identity(
-            owner.scope, request.face_media, request.faceswap_engine
+            owner.scope, request.face_media, request.faceswap_engine, request.face_choice
         )
         job = jobs_pb2.Job(
             kind=jobs_pb2.JOB_KIND_VIDEO,

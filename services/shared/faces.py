@@ -17,6 +17,7 @@ import dlib
 import numpy as np
 
 from services.shared.errors import EngineNotReady, InvalidInput
+from services.shared.face_choice import main_face
 
 SHAPE_PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 FACE_RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -118,9 +119,8 @@ class FaceAnalyzer:
         return faces
 
     def primary_face(self, image: np.ndarray) -> DetectedFace | None:
-        """The main face: highest detection score, the larger one on a tie; None if no face."""
-        faces = self.detect(image)
-        return faces[0] if faces else None
+        """The main face (face_choice.main_face: the largest, most central); None if no face."""
+        return main_face(self.detect(image), image.shape)
 
     def identity_embedding(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
         """The 128-d dlib ResNet descriptor of a face found in this image."""

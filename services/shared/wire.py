@@ -1,7 +1,7 @@
 """Conversions between protobuf media messages and plain Python values, used by every service."""
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -12,6 +12,7 @@ from remind.v1 import media_pb2
 from services.shared import errors, images
 from services.shared.engine_catalog import EngineCatalog, EngineStatus
 from services.shared.engines import Box, Engine, FrameResult, FrameStream
+from services.shared.face_choice import Detection, FaceChoice, left_to_right
 from services.shared.observability import FRAMES
 from services.shared.settings import FrameServerSettings
 from services.shared.streams import read_ahead, with_idle_timeout
@@ -35,6 +36,24 @@ def box_to_proto(box: Box | None) -> media_pb2.Box | None:
 
 def box_from_proto(box: media_pb2.Box) -> Box:
     return (box.x, box.y, box.width, box.height)
+
+
+def face_choice_from_proto(choice: media_pb2.FaceChoice) -> FaceChoice | None:
+    """The face a request names; None (unset) for the photo's main face."""
+    named = choice.WhichOneof("choice")
+    if named == "index":
+        return int(choice.index)
+    if named == "box":
+        return box_from_proto(choice.box)
+    return None
+
+
+def faces_to_proto(faces: Sequence[Detection]) -> list[media_pb2.DetectedFace]:
+    """Faces as DetectedFace messages, numbered left to right as FaceChoice.index names them."""
+    return [
+        media_pb2.DetectedFace(index=index, box=box_to_proto(face.box), score=face.score)
+        for index, face in enumerate(left_to_right(faces))
+    ]
 
 
 def image_format_name(image_format: int) -> str:

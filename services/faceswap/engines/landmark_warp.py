@@ -1,9 +1,10 @@
 """The embedded face swap engine: dlib landmarks and a piecewise-affine warp, no weights to fetch.
 
-Per frame: find the main face, smooth its landmarks over time, move them part way toward the
-photo's face proportions, warp the photo's face onto them triangle by triangle, match its
-colours to the frame's skin in LAB, and blend it in through a feathered mask. The template
-keeps its head outline, hair and lighting; the photo brings its eyes, brows, nose and mouth.
+Per frame: find the face followed through the stream (face_choice.FaceTracker), smooth its
+landmarks over time, move them part way toward the photo's face proportions, warp the photo's
+face onto them triangle by triangle, match its colours to the frame's skin in LAB, and blend
+it in through a feathered mask. The template keeps its head outline, hair and lighting; the
+photo brings its eyes, brows, nose and mouth (relit first if the photo is dim or washed out).
 
 Blending is a feathered alpha mask rather than Poisson cloning (cv2.seamlessClone): cloning
 dragged the template's bright eyelids into the pasted eyes, weakened the identity and cost a
@@ -24,8 +25,9 @@ from services.faceswap.engines.base import (
 )
 from services.shared.engine_state import check_owner, decode_state, encode_state
 from services.shared.engines import FrameResult, FrameStream
-from services.shared.errors import FailedPrecondition, InvalidInput
-from services.shared.face_blend import blend, match_colours
+from services.shared.errors import InvalidInput
+from services.shared.face_blend import blend, match_colours, relit
+from services.shared.face_choice import FaceChoice, FaceTracker, photo_face
 from services.shared.face_geometry import signed_areas, umeyama_similarity, warp_triangles
 from services.shared.faces import (
     BROWS,
@@ -110,12 +112,11 @@ class LandmarkWarpEngine(FaceSwapEngine):
     def load(self) -> None:
         self.analyzer.load()
 
-    def prepare_identity(self, photo: np.ndarray) -> FaceIdentity:
-        face = self.analyzer.primary_face(photo)
-        if face is None:
-            raise FailedPrecondition(
-                "No face found in the photo: use a well-lit, front-facing photo of one person."
-            )
+    def find_faces(self, photo: np.ndarray) -> list[DetectedFace]:
+        return self.analyzer.detect(photo)
+
+    def prepare_identity(self, photo: np.ndarray, choice: FaceChoice | None = None) -> FaceIdentity:
+        face = photo_face(self.analyzer.detect(photo), photo, choice)
         source = _crop_source_face(photo, face)
         return FaceIdentity(
             engine=self.name,
@@ -139,11 +140,14 @@ class LandmarkWarpSwapper(FrameStream):
         self.source_levels = _source_pyramid(source)
         self.triangles = _triangulate(_with_outer_ring(source.landmarks))
         self.smoother = LandmarkSmoother()
+        self.tracker = FaceTracker()
 
     def process(self, frame: np.ndarray) -> FrameResult:
-        face = self.analyzer.primary_face(frame)
-        if face is None:
+        face, followed = self.tracker.follow(self.analyzer.detect(frame), frame.shape)
+        if face is None or not followed:
+            # Another person's landmarks must not be smoothed toward this one's.
             self.smoother.reset()
+        if face is None:
             return FrameResult.unchanged(frame)
         landmarks = self.smoother.update(face.landmarks)
         swapped = self._paste_face(frame, landmarks)
@@ -242,6 +246,8 @@ def _crop_source_face(photo: np.ndarray, face: DetectedFace) -> SourceFace:
     right, bottom = np.ceil(np.minimum(high + margin, [width, height])).astype(int)
     crop = photo[top:bottom, left:right]
     landmarks = face.landmarks - np.array([left, top], dtype=np.float32)
+    x, y, box_width, box_height = face.box
+    crop = relit(crop, (x - left, y - top, box_width, box_height))
 
     scale = min(1.0, CROP_MAX_SIDE / max(crop.shape[:2]))
     if scale < 1.0:

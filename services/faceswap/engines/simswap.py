@@ -1,11 +1,12 @@
 """The neural face swap engine: SimSwap as published, on the official weights, batched.
 
-Data path per frame: detect the main face and its five landmarks (SCRFD, or dlib where the
-SCRFD file is absent) and align the official crop on the caller's thread; the crop and the
-job's identity embedding join a batch for one generator pass (frames of every stream share
-passes); when the batch returns, the swapped crop is colour-matched and pasted back through
-the official soft mask. The identity (ArcFace, once per job) travels as engine state: the
-embedding and the generator's resolution, no pickle.
+Data path per frame: detect the faces and their five landmarks (SCRFD, or dlib where the
+SCRFD file is absent), follow one person (face_choice.FaceTracker) and align the official
+crop on the caller's thread; the crop and the job's identity embedding join a batch for one
+generator pass (frames of every stream share passes); when the batch returns, the swapped
+crop is colour-matched and pasted back through the official soft mask. The identity (ArcFace,
+once per job) travels as engine state: the embedding and the generator's resolution, no
+pickle.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from services.faceswap.simswap.detector import (
     FaceLandmarks,
     FivePointDetector,
     ScrfdDetector,
-    primary_face,
 )
 from services.faceswap.simswap.paste_back import paste_back
 from services.shared.batching import Batcher, then
 from services.shared.engine_state import check_owner, decode_state, encode_state
 from services.shared.engines import FrameResult, FrameStream, resolved
-from services.shared.errors import EngineNotReady, FailedPrecondition, InvalidInput
+from services.shared.errors import EngineNotReady, InvalidInput
+from services.shared.face_choice import FaceChoice, FaceTracker, photo_face
 from services.shared.faces import default_analyzer
 from services.shared.model_files import check_files
 
@@ -96,13 +97,13 @@ class SimSwapEngine(FaceSwapEngine):
         self.device = models.device.type
         self.batcher = Batcher.for_frames(self._swap_batch, self.settings, "simswap-batcher")
 
-    def prepare_identity(self, photo: np.ndarray) -> FaceIdentity:
+    def find_faces(self, photo: np.ndarray) -> list[FaceLandmarks]:
+        _, detector, _ = self._loaded()
+        return detector.detect(photo)
+
+    def prepare_identity(self, photo: np.ndarray, choice: FaceChoice | None = None) -> FaceIdentity:
         models, detector, _ = self._loaded()
-        face = primary_face(detector, photo)
-        if face is None:
-            raise FailedPrecondition(
-                "No face found in the photo: use a well-lit, front-facing photo of one person."
-            )
+        face = photo_face(detector.detect(photo), photo, choice)
         resolution = self.resolution
         alignment = estimate_alignment(face.points, resolution)
         embedding = models.identity(aligned_crop(photo, alignment, resolution))
@@ -152,13 +153,14 @@ class SimSwapSwapper(FrameStream):
     def __init__(self, engine: SimSwapEngine, embedding: np.ndarray) -> None:
         self.engine = engine
         self.embedding = embedding
+        self.tracker = FaceTracker()
 
     def process(self, frame: np.ndarray) -> FrameResult:
         return self.submit(frame).result()
 
     def submit(self, frame: np.ndarray) -> Future[FrameResult]:
         _, detector, batcher = self.engine._loaded()
-        face = primary_face(detector, frame)
+        face, _ = self.tracker.follow(detector.detect(frame), frame.shape)
         if face is None or _eye_distance(face) < MIN_EYE_DISTANCE:
             return resolved(FrameResult.unchanged(frame))
         size = self.engine.resolution

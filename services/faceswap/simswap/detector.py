@@ -2,13 +2,13 @@
 
 SimSwap detects with the insightface "antelope" pack's `scrfd_10g_bnkps.onnx` at
 det_size 640 x 640, det_thresh 0.6, and keeps the highest-scoring face
-(`face_detect_crop_single.py`). The decoding below follows insightface's
-`model_zoo/scrfd.py` and is written here in numpy because the `insightface` package is
-installed only for its sample photos (without its dependencies, its import fails here):
-the image is resized into the top-left of the square input keeping its aspect ratio,
-normalised as (x - 127.5) / 128 in RGB; the nine outputs are scores, box distances and
-landmark distances for strides 8, 16 and 32 with two anchors per location; distances are
-multiplied by the stride and decoded from the anchor centres; NMS at IoU 0.4.
+(`face_detect_crop_single.py`); here every face is kept and face_choice picks one. The
+decoding below follows insightface's `model_zoo/scrfd.py` and is written here in numpy because
+the `insightface` package is installed only for its sample photos (without its dependencies,
+its import fails here): the image is resized into the top-left of the square input keeping
+its aspect ratio, normalised as (x - 127.5) / 128 in RGB; the nine outputs are scores, box
+distances and landmark distances for strides 8, 16 and 32 with two anchors per location;
+distances are multiplied by the stride and decoded from the anchor centres; NMS at IoU 0.4.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from services.shared.errors import EngineNotReady
+from services.shared.face_choice import main_face
 from services.shared.face_geometry import non_maximum_suppression
 from services.shared.faces import FaceAnalyzer
 
@@ -56,8 +57,8 @@ class FivePointDetector(Protocol):
 
 
 def primary_face(detector: FivePointDetector, image: np.ndarray) -> FaceLandmarks | None:
-    faces = detector.detect(image)
-    return faces[0] if faces else None
+    """The image's main face (face_choice.main_face), as a stream starts on it."""
+    return main_face(detector.detect(image), image.shape)
 
 
 class ScrfdDetector:
