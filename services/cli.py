@@ -124,7 +124,7 @@ def run_gif(
 ) -> Path:
     """Uploads the photo, runs a GIF job with a progress bar and downloads the result."""
     face_media = client.upload_file(face)
-    created = client.create_gif_job(face_media.name, template, engine, consent)
+    created = client.create_gif_job(face_media.name, template, engine, consent=consent)
     return follow_job(client, created, output)
 
 
@@ -140,7 +140,9 @@ def run_video(
     """Uploads the photo and the recording, runs a video job and downloads the MP4."""
     face_media = client.upload_file(face)
     voice_media = client.upload_file(voice)
-    created = client.create_video_job(face_media.name, voice_media.name, template, engine, consent)
+    created = client.create_video_job(
+        face_media.name, voice_media.name, template, engine, consent=consent
+    )
     return follow_job(client, created, output)
 
 
