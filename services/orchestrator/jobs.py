@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -56,9 +57,11 @@ log = logging.getLogger(__name__)
 JOB_PREFIX = "jobs/"
 TERMINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
 # How long a watcher waits for a live change before it checks its caller is still there, and
-# how often it reads the record meanwhile (a change NATS did not carry is never missed).
+# how often it reads the record meanwhile (a change NATS did not carry is not missed for long),
+# more often while NATS is away.
 WATCH_POLL_SECONDS = 1.0
-WATCH_RECORD_SECONDS = 3.0
+WATCH_RECORD_SECONDS = 30.0
+WATCH_RECORD_SECONDS_WITHOUT_NATS = 3.0
 # How long deleting a person's data waits for their running jobs to stop.
 STOP_TIMEOUT_SECONDS = 60.0
 # How long an ended job's record is retried while the store is unreachable.
@@ -641,35 +644,33 @@ class JobBoard:
 
     def watch(self, scope: str, name: str, is_active: Callable[[], bool]) -> Iterator[jobs_pb2.Job]:
         """Yields the job now and after every change, wherever it runs, until it ends or the
-        caller leaves."""
-        last = self.get(scope, name)
-        yield last
-        if last.state in TERMINAL:
-            return
+        caller leaves. It subscribes before it reads the job, so no change falls between."""
         job_id = job_id_of(name)
         try:
             changes, end = self.queue.subscribe_live(job_id)
+            record_seconds = WATCH_RECORD_SECONDS
         except errors.Unavailable:
             changes, end = queue.Queue(), lambda: None  # the record alone, read as it changes
+            record_seconds = WATCH_RECORD_SECONDS_WITHOUT_NATS
         try:
-            read_record_at = 0.0  # at once: a change between `get` and subscribing is not lost
-            while is_active():
+            last = self.get(scope, name)
+            yield last
+            # Spread out, so that many watchers do not read the store at the same moment.
+            read_record_at = time.monotonic() + record_seconds * random.uniform(0.5, 1.0)
+            while last.state not in TERMINAL and is_active():
                 try:
                     job = jobs_pb2.Job.FromString(changes.get(timeout=WATCH_POLL_SECONDS))
                 except queue.Empty:
                     if time.monotonic() < read_record_at:
                         continue
-                    read_record_at = time.monotonic() + WATCH_RECORD_SECONDS
+                    read_record_at = time.monotonic() + record_seconds
                     try:
                         job = self._read(scope, job_id)[1]
                     except errors.Unavailable:
                         continue
-                if job.update_time.ToNanoseconds() <= last.update_time.ToNanoseconds():
-                    continue
-                last = job
-                yield job
-                if job.state in TERMINAL:
-                    return
+                if job.update_time.ToNanoseconds() > last.update_time.ToNanoseconds():
+                    last = job
+                    yield job
         finally:
             end()
 
