@@ -307,3 +307,22 @@ def test_a_replica_stopped_gracefully_hands_its_job_to_the_other(
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error.message
     assert attempts(stack, job.name) == {1: runner, 2: other(runner)}
     assert "handed back" in (stack.state_dir / "logs" / f"{runner}.log").read_text()
+
+
+def test_jobs_cancelled_as_soon_as_they_are_created_end_cancelled(
+    replicas: dict[str, RemindClient], face: str
+):
+    # A cancel races the worker that takes the job: the message it deletes may be gone already.
+    first, second = replicas["orchestrator"], replicas["orchestrator-2"]
+    template = first.list_templates(1)[0].name
+    jobs = [first.create_gif_job(face, template) for _ in range(20)]
+    for job in jobs:
+        try:
+            second.jobs.CancelJob(jobs_pb2.CancelJobRequest(name=job.name))
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    finals = [wait_ended(first, job.name) for job in jobs]
+    assert {job.state for job in finals} <= {
+        jobs_pb2.JOB_STATE_CANCELLED,
+        jobs_pb2.JOB_STATE_SUCCEEDED,
+    }

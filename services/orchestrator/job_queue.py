@@ -238,15 +238,17 @@ class JobQueue:
         async def remove() -> None:
             stream = await self._stream()
             sequence = 1
-            while True:
-                try:
+            # A message gone meanwhile (a worker found the job ended and acknowledged it) is
+            # what removing wants: the server's "no message found" ends the search.
+            try:
+                while True:
                     message = await stream.get_msg(STREAM, seq=sequence, subject=subject, next=True)
-                except nats.js.errors.NotFoundError:
-                    return  # taken by a worker already, which drops it
-                if message.data and json.loads(message.data).get("job_id") == job_id:
-                    await stream.delete_msg(STREAM, message.seq)
-                    return
-                sequence = message.seq + 1
+                    if message.data and json.loads(message.data).get("job_id") == job_id:
+                        await stream.delete_msg(STREAM, message.seq)
+                        return
+                    sequence = message.seq + 1
+            except nats.js.errors.APIError:
+                return
 
         self.call(remove())
 
