@@ -87,6 +87,27 @@ def rows() -> list[tuple[str, str, str]]:
                 f"service / in-process {figures['ratio']:.2f}",
             )
         )
+    queue = _load("job_queue_bench.json")
+    if queue:
+        table += [
+            (
+                f"jobs/minute, {queue['load_jobs']} GIF jobs, 1 vs 2 replicas",
+                f"{queue['jobs_per_minute_one_replica']} vs "
+                f"{queue['jobs_per_minute_two_replicas']}",
+                f"{queue['two_over_one']}x",
+            ),
+            (
+                "kill -9 of a job's replica to the job running again",
+                f"{queue['seconds_from_kill_to_resume']} s",
+                "the lease (30 s) decides it",
+            ),
+            (
+                "CreateGifJob",
+                f"p50 {queue['create_ms_p50']} ms",
+                f"queueing adds {queue['jetstream_publish_ms_p50']} + "
+                f"{queue['saved_identity_write_ms_p50']} ms",
+            ),
+        ]
     return table
 
 
