@@ -236,7 +236,6 @@ class JobBoard:
         self._stopping = threading.Event()
         # One progress write in flight for the whole board.
         self._progress_writer = ThreadPoolExecutor(1, thread_name_prefix="progress-record")
-        self._threads: list[threading.Thread] = []
         self._starting = 0  # deliveries handed to the pool and not yet running or dropped
 
     # Records.
@@ -404,9 +403,7 @@ class JobBoard:
             (lambda: self._pull(work), "job-puller"),
             (self._keep_leases, "job-leases"),
         ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=target, name=name, daemon=True).start()
 
     def _running(self) -> int:
         with self._changed:
