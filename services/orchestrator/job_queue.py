@@ -111,6 +111,7 @@ class JobQueue:
         threading.Thread(target=self._loop.run_forever, name="nats", daemon=True).start()
         self._connection: Any = None
         self._subscription: Any = None
+        self._lease_bucket: Any = None  # the KeyValue handle, made once (making it asks NATS)
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = CALL_SECONDS) -> T:
         """Runs a coroutine on the NATS loop; NATS away or slow raises errors.Unavailable."""
@@ -180,12 +181,12 @@ class JobQueue:
                 durable_name=CONSUMER,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=settings.job_lease_seconds,
-                # Deliveries are counted and ended by the workers (see jobs.py), which know why.
+                # Redelivered for as long as it takes: jobs.py counts starts and ends a job.
                 max_deliver=-1,
                 max_ack_pending=-1,
             ),
         )
-        await stream.create_key_value(
+        self._lease_bucket = await stream.create_key_value(
             KeyValueConfig(
                 bucket=LEASES,
                 history=1,
@@ -281,7 +282,7 @@ class JobQueue:
     # Leases: who may act on a job.
 
     async def _leases(self) -> Any:
-        return await (await self._stream()).key_value(LEASES)
+        return self._lease_bucket
 
     def take_lease(self, job_id: str) -> Lease | float:
         """This worker's lease on the job, or how many seconds another worker's has left."""
